@@ -1,0 +1,88 @@
+"""One interface over diffusers U-Nets and PixArt DiTs: eps = denoiser(x_t, t, cond, adapter).
+
+The distillation code never branches on the backbone kind; the two subclasses below are the only place
+that knows how each diffusers model takes its inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wadi.adapters.context import role_preserving_checkpoint, use_adapter
+from wadi.backbones.conditioning import Conditioning
+
+
+class Denoiser(nn.Module):
+    """A frozen diffusers denoiser whose LoRaD adapters give the fake-score and generator roles."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.config.in_channels
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint every block, recomputing under the adapter that ran the forward."""
+        self.model.enable_gradient_checkpointing(gradient_checkpointing_func=role_preserving_checkpoint)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None = None) -> Tensor:
+        """Predicted epsilon for x_t (B, C, h, w) at integer timesteps t (B,), with adapter `adapter`."""
+        with use_adapter(adapter):
+            return self._eps(x_t, t, cond)
+
+    def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        raise NotImplementedError
+
+    def cfg(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
+        scale: float,
+        adapter: str | None,
+    ) -> Tensor:
+        """Classifier-free guidance e_u + w (e_c - e_u), with cond and uncond in one batched forward."""
+        if scale == 1.0:
+            return self(x_t, t, cond, adapter)
+        batch = x_t.shape[0]
+        both = Conditioning.cat([uncond.expand(batch) if len(uncond) == 1 else uncond, cond])
+        eps = self(torch.cat([x_t, x_t]), torch.cat([t, t]), both, adapter)
+        e_u, e_c = eps.chunk(2)
+        return e_u + scale * (e_c - e_u)
+
+
+class UNetDenoiser(Denoiser):
+    """Stable Diffusion's UNet2DConditionModel (SD1.5, SD2.1, toy-sd)."""
+
+    def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return self.model(x_t, t, encoder_hidden_states=cond.embeds, return_dict=False)[0]
+
+
+class PixArtDenoiser(Denoiser):
+    """PixArtTransformer2DModel; learned-sigma outputs are split and only epsilon is kept."""
+
+    def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        config = self.model.config
+        added = {"resolution": None, "aspect_ratio": None}
+        if config.use_additional_conditions:
+            # 1024-px checkpoints condition on the image size; square images at the model's resolution.
+            side = float(x_t.shape[-1] * 8)
+            added = {
+                "resolution": x_t.new_tensor([[side, side]]).expand(x_t.shape[0], 2),
+                "aspect_ratio": x_t.new_tensor([[1.0]]).expand(x_t.shape[0], 1),
+            }
+        out = self.model(
+            x_t,
+            encoder_hidden_states=cond.embeds,
+            encoder_attention_mask=cond.mask,
+            timestep=t,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+        if out.shape[1] == 2 * x_t.shape[1]:
+            out = out[:, : x_t.shape[1]]  # learned sigma: (eps, variance) -> eps
+        return out

@@ -1,0 +1,1 @@
+"""Lightning callbacks: sample grids, evaluation, atomic checkpoint writes."""

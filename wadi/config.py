@@ -1,0 +1,35 @@
+"""OmegaConf resolvers and config checks shared by every entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _precision() -> str:
+    """bf16-mixed on a CUDA device, full fp32 on CPU."""
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def _toy_asset(name: str) -> str:
+    from wadi.toy.assets import toy_asset_path
+
+    return str(toy_asset_path(name))
+
+
+def _conf_path(relative: str) -> str:
+    return str(CONF_DIR / relative)
+
+
+def register_resolvers() -> None:
+    for name, fn in (("wadi_precision", _precision), ("toy_asset", _toy_asset), ("conf_path", _conf_path)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

@@ -1,0 +1,64 @@
+"""The prompt DataModule: where distillation prompts come from, streamed resumably (no images needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Prompts from the toy world (`source: toy`) or a prompt file (JourneyDB JSONL, COCO JSON, text).
+
+    The stream restarts at the number of completed steps, so `ckpt_path=last` continues with exactly the
+    batches an uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        batch_size: int,
+        format: str = "auto",
+        seed: int = 0,
+        max_samples: int | None = None,
+        num_prompts: int = 100_000,
+        cache_dir: str | None = None,
+        sample_prompts: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.format = format
+        self.seed = seed
+        self.max_samples = max_samples
+        self.num_prompts = num_prompts
+        self.cache_dir = cache_dir
+        self.sample_prompts = list(sample_prompts)
+        self._prompts: list[str] | None = None
+
+    def prompts(self) -> list[str]:
+        if self._prompts is None:
+            if self.source == "toy":
+                from wadi.toy.world import toy_prompts
+
+                self._prompts = toy_prompts(self.num_prompts, seed=self.seed, split="train")
+            else:
+                from wadi.data.prompts import load_prompts
+
+                self._prompts = load_prompts(
+                    self.source, format=self.format, seed=self.seed, max_samples=self.max_samples
+                )
+        return self._prompts
+
+    def train_dataloader(self) -> DataLoader:
+        from wadi.data.prompts import PromptStream
+
+        trainer = self._trainer
+        start = trainer.global_step if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        stream = PromptStream(
+            self.prompts(), self.batch_size, seed=self.seed, start_batch=start, rank=rank, world_size=world
+        )
+        return DataLoader(stream, batch_size=None, num_workers=0)

@@ -1,0 +1,1 @@
+"""VSD distillation: losses (pure functions), EMA and the LightningModule."""

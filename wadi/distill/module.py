@@ -1,0 +1,311 @@
+"""The WaDi LightningModule: alternate a generator step and a fake-score step on every batch (spec 3).
+
+It orchestrates; the math lives in `wadi.distill.losses`, the rotation in `wadi.adapters.lorad`.
+One frozen denoiser serves three roles, chosen per forward: the teacher (no adapter), the fake score
+(adapter "fake_score") and the generator (adapter "generator").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from wadi.adapters.inject import adapter_parameters, add_lorad
+from wadi.backbones import Backbone, BackboneConfig, Conditioning, load_backbone
+from wadi.distill.ema import EMA
+from wadi.distill.losses import add_noise, fake_score_loss, generator_loss, vsd_gradient
+from wadi.sampling import one_step, seeded_noise
+
+GENERATOR = "generator"
+FAKE_SCORE = "fake_score"
+CHECKPOINT_FORMAT = 1
+
+
+@contextmanager
+def _uncounted(optimizer) -> Iterator[None]:
+    """Step a LightningOptimizer without advancing `trainer.global_step`.
+
+    In manual optimization Lightning counts every optimizer step; WaDi takes two per batch, and one
+    distillation step should be one global step (max_steps, checkpoint and logging intervals).
+    """
+    before, after = optimizer._on_before_step, optimizer._on_after_step
+    optimizer._on_before_step = optimizer._on_after_step = lambda: None
+    try:
+        yield
+    finally:
+        optimizer._on_before_step, optimizer._on_after_step = before, after
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """A seed for one step of one rank: the step's noise depends on nothing else, so resume is exact."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class WaDiModule(L.LightningModule):
+    """VSD distillation of a one-step generator with LoRaD adapters."""
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        rank: int,
+        fake_rank: int = 32,
+        guidance_scale: float = 1.5,
+        fake_guidance_scale: float | None = None,
+        lr: float = 1e-4,
+        fake_lr: float = 1e-2,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        grad_clip: float = 1.0,
+        fake_grad_clip: float = 1.0,
+        t_min: int = 20,
+        t_max: int = 980,
+        fake_uncond_prob: float = 0.1,
+        ema_decay: float | None = None,
+        gradient_checkpointing: bool = False,
+        base_dtype: str = "auto",
+        seed: int = 0,
+        load_text_encoder: bool = True,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold adapters only; the frozen base comes from disk
+        self.save_hyperparameters(ignore=["optimizer", "run_config"])
+        cfg = BackboneConfig.from_mapping(backbone)
+        for role, r in ((GENERATOR, rank), (FAKE_SCORE, fake_rank)):
+            if int(r) < 1:
+                raise ValueError(f"{'rank' if role == GENERATOR else 'fake_rank'} must be >= 1, got {r}")
+        self.backbone: Backbone = load_backbone(cfg, load_text=load_text_encoder)
+        model = self.backbone.denoiser.model
+        self.generator_layers = add_lorad(model, GENERATOR, int(rank), cfg.targets(GENERATOR))
+        self.fake_score_layers = add_lorad(model, FAKE_SCORE, int(fake_rank), cfg.targets(FAKE_SCORE))
+        if gradient_checkpointing:
+            self.backbone.denoiser.enable_gradient_checkpointing()
+        self.ema = EMA(adapter_parameters(model, GENERATOR), ema_decay) if ema_decay else None
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, weight_decay=0.0)
+        self.run_config = dict(run_config) if run_config is not None else None
+        self._null: Conditioning | None = None
+
+    # ----------------------------------------------------------------- roles and conditioning
+    @property
+    def denoiser(self):
+        return self.backbone.denoiser
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.backbone.alphas_cumprod
+
+    def generator_parameters(self) -> list[torch.nn.Parameter]:
+        return adapter_parameters(self.denoiser.model, GENERATOR)
+
+    def fake_score_parameters(self) -> list[torch.nn.Parameter]:
+        return adapter_parameters(self.denoiser.model, FAKE_SCORE)
+
+    def _embed_dtype(self) -> torch.dtype:
+        return next(self.denoiser.model.parameters()).dtype
+
+    def conditioning(self, batch: Mapping[str, Any]) -> Conditioning:
+        """Prompt conditioning from cached embeddings if the batch has them, else the text encoder."""
+        if "prompt_embeds" in batch:
+            return Conditioning(batch["prompt_embeds"].to(self._embed_dtype()), batch.get("prompt_mask"))
+        if self.backbone.text_encoder is None:
+            raise RuntimeError(
+                "batch has no prompt_embeds and the backbone was loaded without a text encoder"
+            )
+        embeds, mask = self.backbone.text_encoder.encode(list(batch["prompt"]))
+        return Conditioning(embeds.to(self._embed_dtype()), mask)
+
+    def null_conditioning(self, batch: Mapping[str, Any] | None = None) -> Conditioning:
+        """The empty prompt c0 (one row), encoded once."""
+        if batch is not None and "null_embeds" in batch:
+            return Conditioning(batch["null_embeds"][:1].to(self._embed_dtype()), batch.get("null_mask"))
+        if self._null is None:
+            if self.backbone.text_encoder is None:
+                raise RuntimeError("no null embedding: load the text encoder or use a cache that stores one")
+            embeds, mask = self.backbone.text_encoder.encode([""])
+            self._null = Conditioning(embeds, mask)
+        return self._null.to(self.device, self._embed_dtype())
+
+    # ----------------------------------------------------------------- the two steps
+    def _rng(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        return g.manual_seed(_step_seed(self.hparams.seed, self.global_rank, self.global_step))
+
+    def _randn(self, shape: tuple[int, ...], rng: torch.Generator) -> Tensor:
+        return torch.randn(shape, generator=rng, device=self.device)
+
+    def generator_step(
+        self, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Spec 3, generator: x0 = G(z, c); g = sigma_t^2 (eps_real - eps_fake); loss with gradient g/numel."""
+        hp = self.hparams
+        batch = len(cond)
+        z = self._randn((batch, *self.backbone.latent_shape), rng)
+        x0 = one_step(self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T)
+        t = torch.randint(hp.t_min, hp.t_max + 1, (batch,), generator=rng, device=self.device)
+        eps = self._randn(tuple(x0.shape), rng)
+        x_t = add_noise(x0.detach(), eps, self.alphas_cumprod, t).to(self._embed_dtype())
+        fake_scale = hp.guidance_scale if hp.fake_guidance_scale is None else hp.fake_guidance_scale
+        with torch.no_grad():
+            eps_real = self.denoiser.cfg(x_t, t, cond, uncond, hp.guidance_scale, None)
+            eps_fake = self.denoiser.cfg(x_t, t, cond, uncond, fake_scale, FAKE_SCORE)
+        g = vsd_gradient(eps_real, eps_fake, self.alphas_cumprod, t)
+        loss = generator_loss(x0, g)
+        return {"loss": loss, "x0": x0, "g_norm": g.norm() / g.numel() ** 0.5}
+
+    def fake_score_step(
+        self, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Spec 3, fake score: denoising loss on the detached generator sample, 10% null prompts."""
+        hp = self.hparams
+        batch = x0.shape[0]
+        t = torch.randint(0, self.backbone.num_train_timesteps, (batch,), generator=rng, device=self.device)
+        eps = self._randn(tuple(x0.shape), rng)
+        x_t = add_noise(x0.detach(), eps, self.alphas_cumprod, t).to(self._embed_dtype())
+        drop = torch.rand(batch, generator=rng, device=self.device) < hp.fake_uncond_prob
+        eps_hat = self.denoiser(x_t, t, cond.where(drop, uncond.expand(batch)), FAKE_SCORE)
+        return {"loss": fake_score_loss(eps_hat, eps, self.alphas_cumprod, t)}
+
+    def _optimize(self, optimizer, loss: Tensor, params: list, clip: float) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        optimizer.step()
+        return norm
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        opt_g, opt_f = self.optimizers()
+        rng = self._rng()
+        cond = self.conditioning(batch)
+        uncond = self.null_conditioning(batch)
+        gen = self.generator_step(cond, uncond, rng)
+        norm_g = self._optimize(opt_g, gen["loss"], self.generator_parameters(), self.hparams.grad_clip)
+        if self.ema is not None:
+            self.ema.update()
+        fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
+        with _uncounted(opt_f):
+            norm_f = self._optimize(
+                opt_f, fake["loss"], self.fake_score_parameters(), self.hparams.fake_grad_clip
+            )
+        batch_size = len(cond)
+        log = partial(self.log, on_step=True, batch_size=batch_size)
+        log("train/loss_generator", gen["loss"].detach(), prog_bar=True)
+        log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
+        log("train/grad_norm_generator", norm_g)
+        log("train/grad_norm_fake_score", norm_f)
+        log("train/vsd_g_rms", gen["g_norm"].detach())
+        if "pass" in batch:
+            log("train/prompt_epoch", float(batch["pass"]))
+
+    def configure_optimizers(self):
+        gen = self.optimizer_factory(self.generator_parameters(), lr=self.hparams.lr)
+        fake = self.optimizer_factory(self.fake_score_parameters(), lr=self.hparams.fake_lr)
+        return [gen, fake]
+
+    # ----------------------------------------------------------------- precision of the frozen base
+    def setup(self, stage: str) -> None:
+        precision = str(getattr(self.trainer, "precision", "32")) if self._trainer is not None else "32"
+        if precision.startswith("16"):
+            raise ValueError(
+                "precision=16-mixed is not supported (no loss scaling in the two-step VSD loop); use bf16-mixed"
+            )
+        dtype = {
+            "auto": torch.bfloat16 if precision.startswith("bf16") else None,
+            "float32": None,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[self.hparams.base_dtype]
+        if dtype is not None:
+            self.cast_frozen(dtype)
+
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Store frozen weights (denoiser, VAE, text encoder) in `dtype`; adapters stay float32."""
+        for p in self.backbone.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+        self._null = None
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate_latents(self, prompts: list[str], seeds: list[int], use_ema: bool = True) -> Tensor:
+        cond = self.conditioning({"prompt": prompts})
+        z = seeded_noise(seeds, self.backbone.latent_shape, self.device, self._embed_dtype())
+        ema = self.ema.swapped() if (use_ema and self.ema is not None) else nullcontext()
+        with ema:
+            return one_step(self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int], use_ema: bool = True) -> Tensor:
+        """One-step images in [0, 1], (N, 3, H, W); EMA weights when EMA is on."""
+        return self.backbone.decode(self.generate_latents(prompts, seeds, use_ema))
+
+    # ----------------------------------------------------------------- checkpoints
+    def adapter_keys(self) -> set[str]:
+        return {k for k in self.state_dict() if ".lorad." in k or k.startswith("ema.")}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep adapters, EMA and what resume needs; the frozen base is reloaded from disk."""
+        keep = self.adapter_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["wadi"] = {
+            "format": CHECKPOINT_FORMAT,
+            "backbone": self.backbone.cfg.name,
+            "rank": int(self.hparams.rank),
+            "fake_rank": int(self.hparams.fake_rank),
+            "ema": self.ema is not None,
+            "config": self.run_config,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_compatible(
+            checkpoint,
+            self.backbone.cfg.name,
+            int(self.hparams.rank),
+            int(self.hparams.fake_rank),
+            self.ema is not None,
+        )
+        missing = self.adapter_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors, e.g. {sorted(missing)[:3]}")
+        rng = checkpoint["wadi"].get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            if rng.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def check_checkpoint_compatible(
+    checkpoint: Mapping[str, Any], backbone: str, rank: int, fake_rank: int, ema: bool | None = None
+) -> None:
+    """Refuse a checkpoint made for another backbone, rank or EMA setting, naming both."""
+    meta = checkpoint.get("wadi")
+    if meta is None:
+        raise ValueError("not a wadi checkpoint (no 'wadi' entry): was it written by wadi.train?")
+    theirs = {"backbone": meta["backbone"], "rank": meta["rank"], "fake_rank": meta["fake_rank"]}
+    ours = {"backbone": backbone, "rank": rank, "fake_rank": fake_rank}
+    if ema is not None:
+        theirs["ema"], ours["ema"] = meta.get("ema", False), ema
+    if theirs != ours:
+        diff = ", ".join(
+            f"{k}: checkpoint {theirs[k]!r} vs this run {ours[k]!r}" for k in ours if theirs[k] != ours[k]
+        )
+        raise ValueError(
+            f"checkpoint does not match this run ({diff}); use the same backbone/rank/fake_rank/ema"
+        )

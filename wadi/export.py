@@ -1,0 +1,125 @@
+"""Export a trained student: (a) the adapters alone, (b) the generator merged into a plain diffusers model.
+
+The merged export is a complete diffusers directory whose scheduler is DDIM with trailing spacing, so
+stock diffusers samples it in one step: `Pipeline.from_pretrained(dir)(prompt, num_inference_steps=1,
+guidance_scale=1.0)` evaluates the denoiser once at t = T and returns x0 = (z - sigma_T eps) / alpha_T.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from wadi.adapters.inject import adapter_state_dict, merge_adapter, unmerge_adapter
+from wadi.backbones.loading import KINDS, _denoiser_class
+from wadi.sampling import generator_schedule
+
+EXPORT_INFO = "wadi_export.json"
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished temp directory into place, so a crash never leaves a half-written export."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def export_adapters(module, path: str | Path) -> Path:
+    """Both adapters (and the EMA generator if any) as one small safetensors file with its metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    model = module.denoiser.model
+    for role in ("generator", "fake_score"):
+        for key, value in adapter_state_dict(model, role).items():
+            tensors[f"{role}/{key}"] = value.detach().float().cpu().contiguous()
+    if module.ema is not None:
+        with module.ema.swapped():
+            for key, value in adapter_state_dict(model, "generator").items():
+                tensors[f"generator_ema/{key}"] = value.detach().float().cpu().contiguous()
+    hp = module.hparams
+    meta = {
+        "backbone": module.backbone.cfg.name,
+        "rank": str(hp.rank),
+        "fake_rank": str(hp.fake_rank),
+        "format": "wadi-lorad-1",
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+@torch.no_grad()
+def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
+    """Write the generator, LoRaD merged, as a diffusers directory loadable by stock `from_pretrained`."""
+    from diffusers import DDIMScheduler
+
+    out_dir = Path(out_dir)
+    cfg = module.backbone.cfg
+    root = Path(str(cfg.pretrained))
+    sub = KINDS[cfg.kind][1]
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for entry in root.iterdir():
+        if entry.name in (sub, "scheduler", EXPORT_INFO) or entry.name.startswith("."):
+            continue
+        (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+    # One-step sampling in stock diffusers: DDIM, trailing spacing (t = T), final alpha 1 (x_prev = x0).
+    scheduler = DDIMScheduler.from_pretrained(
+        root / "scheduler",
+        local_files_only=True,
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        clip_sample=False,
+        thresholding=False,
+        steps_offset=0,
+    )
+    scheduler.save_pretrained(tmp / "scheduler")
+    index_path = tmp / "model_index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        index["scheduler"] = ["diffusers", "DDIMScheduler"]
+        index_path.write_text(json.dumps(index, indent=2))
+
+    model = module.denoiser.model
+    ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
+    with ema:
+        merge_adapter(model, "generator")
+        try:
+            state = {k: v for k, v in model.state_dict().items() if ".lorad." not in k}
+            with torch.device("meta"):
+                plain = _denoiser_class(cfg.kind).from_config(model.config)
+            plain.load_state_dict(state, assign=True, strict=True)
+            plain.save_pretrained(tmp / sub)
+        finally:
+            unmerge_adapter(model)
+
+    T, alpha_T, sigma_T = generator_schedule(module.alphas_cumprod, cfg.alpha_T)
+    info = {
+        "format": "wadi-merged-1",
+        "backbone": asdict(cfg) | {"pretrained": None},
+        "rank": int(module.hparams.rank),
+        "ema": bool(use_ema and module.ema is not None),
+        "timestep": T,
+        "alpha_T": alpha_T,
+        "sigma_T": sigma_T,
+        "alpha_T_from_scheduler": cfg.alpha_T is None,
+        "sampling": "one step: num_inference_steps=1, guidance_scale=1.0",
+    }
+    (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+    _replace_dir(tmp, out_dir)
+    return out_dir

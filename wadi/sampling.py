@@ -1,0 +1,77 @@
+"""Samplers over a `Denoiser`: the one-step generator and the teacher's multi-step DDIM with CFG."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from wadi.backbones.conditioning import Conditioning
+from wadi.backbones.denoiser import Denoiser
+from wadi.distill.losses import x0_from_eps
+
+
+def generator_schedule(alphas_cumprod: Tensor, alpha_T: float | None = None) -> tuple[int, float, float]:
+    """(T, alpha_T, sigma_T) of the one-step generator: T = last training timestep, alpha_T from the schedule.
+
+    `alpha_T` overrides the scheduler's value (the public PixArt script reuses SD's sqrt(0.0047)).
+    """
+    T = alphas_cumprod.shape[0] - 1
+    a = math.sqrt(float(alphas_cumprod[T])) if alpha_T is None else float(alpha_T)
+    return T, a, math.sqrt(1.0 - a * a)
+
+
+def seeded_noise(seeds: list[int], shape: tuple[int, ...], device, dtype=torch.float32) -> Tensor:
+    """One latent per seed, independent of batch composition (so sharded generation equals unsharded)."""
+    out = []
+    for seed in seeds:
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        out.append(torch.randn(shape, generator=g))
+    return torch.stack(out).to(device=device, dtype=dtype)
+
+
+def one_step(
+    denoiser: Denoiser,
+    z: Tensor,
+    cond: Conditioning,
+    alphas_cumprod: Tensor,
+    adapter: str | None = "generator",
+    alpha_T: float | None = None,
+) -> Tensor:
+    """x0 = G(z, c): one denoiser evaluation at t = T on pure noise (spec section 1)."""
+    T, a_T, s_T = generator_schedule(alphas_cumprod, alpha_T)
+    t = torch.full((z.shape[0],), T, device=z.device, dtype=torch.long)
+    eps = denoiser(z, t, cond, adapter)
+    return x0_from_eps(z, eps.float(), a_T, s_T)
+
+
+def ddim_timesteps(num_train: int, steps: int, offset: int = 0, from_t: int | None = None) -> list[int]:
+    """Trailing DDIM timesteps from T down (diffusers' `timestep_spacing="trailing"`)."""
+    start = num_train if from_t is None else from_t + 1
+    ts = torch.round(torch.arange(start, 0, -start / steps)).long() - 1
+    return [int(t) + offset for t in ts]
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoiser: Denoiser,
+    z: Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    alphas_cumprod: Tensor,
+    steps: int,
+    guidance_scale: float,
+    adapter: str | None = None,
+) -> Tensor:
+    """Deterministic DDIM (eta=0) with CFG from pure noise; returns the final x0 latent."""
+    x = z
+    timesteps = ddim_timesteps(alphas_cumprod.shape[0], steps)
+    for i, t in enumerate(timesteps):
+        abar = alphas_cumprod[t].float()
+        abar_prev = alphas_cumprod[timesteps[i + 1]].float() if i + 1 < len(timesteps) else x.new_tensor(1.0)
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = denoiser.cfg(x, tt, cond, uncond, guidance_scale, adapter).float()
+        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+    return x

@@ -1,0 +1,194 @@
+"""Tiny random-init models in real diffusers layouts, for tests and examples (no download needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+DEFAULT_WORDS = (
+    "a an the and at of with on in red green blue yellow purple white black orange small large big tiny "
+    "circle square triangle star cross left right top bottom center cat dog photo painting"
+).split()
+
+
+def word_tokenizer(words: Sequence[str] = DEFAULT_WORDS, max_length: int = 16):
+    """A word-level fast tokenizer (lowercased, whitespace split, <s> ... </s>, padded with <pad>)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(words)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_unet(cross_dim: int = 32, sample_size: int = 8, linear_projection: bool = False):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        use_linear_projection=linear_projection,
+    )
+
+
+def tiny_pixart(cross_dim: int = 32, sample_size: int = 8):
+    from diffusers import PixArtTransformer2DModel
+
+    return PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        cross_attention_dim=32,
+        sample_size=sample_size,
+        patch_size=2,
+        caption_channels=cross_dim,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        num_embeds_ada_norm=1000,
+        use_additional_conditions=False,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+    )
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+
+
+def save_tiny_pipeline(
+    root: str | Path, kind: str = "unet", seed: int = 0, linear_projection: bool = False, max_length: int = 16
+) -> Path:
+    """Write a tiny random SD-layout (kind="unet") or PixArt-layout (kind="pixart") diffusers directory.
+
+    Latents are 4 x 8 x 8 for 16 x 16 RGB images; the text encoder is CLIP (unet) or T5 (pixart).
+    """
+    from diffusers import DDPMScheduler, PixArtAlphaPipeline, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    root = Path(root)
+    tokenizer = word_tokenizer(max_length=max_length)
+    vocab = len(tokenizer)
+    if kind == "unet":
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=max_length,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+            )
+        )
+        scheduler = DDPMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            steps_offset=1,
+            clip_sample=False,
+        )
+        pipe = StableDiffusionPipeline(
+            vae=tiny_vae(),
+            text_encoder=text,
+            tokenizer=tokenizer,
+            unet=tiny_unet(linear_projection=linear_projection),
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    elif kind == "pixart":
+        text = T5EncoderModel(
+            T5Config(
+                vocab_size=vocab,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                pad_token_id=0,
+                eos_token_id=3,
+                decoder_start_token_id=0,
+            )
+        )
+        scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
+        pipe = PixArtAlphaPipeline(
+            tokenizer=tokenizer,
+            text_encoder=text,
+            vae=tiny_vae(),
+            transformer=tiny_pixart(),
+            scheduler=scheduler,
+        )
+    else:
+        raise ValueError(f"unknown kind {kind!r}; known: unet, pixart")
+    pipe.save_pretrained(root)
+    return root
+
+
+def tiny_backbone_config(
+    root: str | Path, kind: str = "unet", name: str | None = None, max_length: int = 16
+) -> dict:
+    """A backbone config dict (as conf/backbone/*.yaml would give) for a tiny directory."""
+    if kind == "unet":
+        gen = {"blocks": ["down_blocks", "up_blocks", "mid_block"], "skip": []}
+        fake = {
+            "blocks": ["down_blocks", "up_blocks", "mid_block"],
+            "skip": ["proj_in", "proj_out", "time_emb_proj"],
+        }
+    else:
+        gen = {"blocks": ["transformer_blocks", "caption_projection", "proj_out"], "skip": []}
+        fake = {"blocks": ["transformer_blocks"], "skip": ["proj_in", "proj_out", "time_emb_proj"]}
+    return {
+        "name": name or f"tiny_{kind}",
+        "kind": kind,
+        "pretrained": str(root),
+        "resolution": 16,
+        "latent_size": 8,
+        "text_max_length": max_length,
+        "use_text_mask": kind == "pixart",
+        "guidance_scale": 1.5,
+        "default_rank": 4,
+        "generator_targets": gen,
+        "fake_score_targets": fake,
+    }

@@ -1,0 +1,138 @@
+"""`python -m wadi.train [overrides]`: compose the config, build the pieces, fit, export, report.
+
+Everything here is wiring; the pieces are importable and tested on their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import wadi.config  # noqa: F401  (registers resolvers)
+from wadi.adapters.inject import adapter_parameters, add_lorad
+from wadi.backbones.loading import BackboneConfig, build_denoiser
+
+
+def count_parameters(backbone_cfg: dict, rank: int, fake_rank: int) -> dict[str, int]:
+    """Build the denoiser on the meta device (no weights) and count parameters per role."""
+    cfg = BackboneConfig.from_mapping(backbone_cfg)
+    denoiser = build_denoiser(cfg, meta=True)
+    model = denoiser.model
+    base = sum(p.numel() for p in model.parameters())
+    add_lorad(model, "generator", rank, cfg.targets("generator"))
+    add_lorad(model, "fake_score", fake_rank, cfg.targets("fake_score"))
+    return {
+        "teacher (frozen base)": base,
+        "generator": sum(p.numel() for p in adapter_parameters(model, "generator")),
+        "fake_score": sum(p.numel() for p in adapter_parameters(model, "fake_score")),
+    }
+
+
+def dry_run(cfg: DictConfig) -> dict[str, int]:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = count_parameters(
+        OmegaConf.to_container(cfg.backbone, resolve=True), int(cfg.rank), int(cfg.fake_rank)
+    )
+    table = Table(
+        title=f"wadi dry run: backbone={cfg.backbone.name} rank={cfg.rank} fake_rank={cfg.fake_rank}"
+    )
+    table.add_column("role")
+    table.add_column("parameters", justify="right")
+    table.add_column("trainable", justify="right")
+    base = counts["teacher (frozen base)"]
+    for role, n in counts.items():
+        share = "-" if role.startswith("teacher") else f"{n / base:.2%} of base"
+        table.add_row(role, f"{n:,} ({n / 1e6:.2f}M)", share)
+    Console().print(table)
+    return counts
+
+
+def resolve_run_dir(cfg: DictConfig) -> str:
+    if cfg.get("run_dir"):
+        return str(cfg.run_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.output_dir
+    except ValueError:  # composed outside a Hydra app (tests, notebooks)
+        return str(Path(cfg.output_root) / cfg.name)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str) -> str | None:
+    if ckpt_path in (None, "", "null"):
+        return None
+    path = Path(run_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit WaDi as configured; returns (metrics, objects)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from wadi.callbacks.checkpoint_io import AtomicCheckpointIO
+    from wadi.export import export_adapters, export_merged
+
+    if int(cfg.rank) < 1 or int(cfg.fake_rank) < 1:
+        raise ValueError(f"rank and fake_rank must be >= 1, got rank={cfg.rank}, fake_rank={cfg.fake_rank}")
+    if cfg.dry_run:
+        return {"parameters": dry_run(cfg)}, {}
+
+    from wadi.backbones.loading import check_layout
+
+    check_layout(cfg.backbone.pretrained, cfg.backbone.kind)  # fail before anything slow, naming the path
+    run_dir = resolve_run_dir(cfg)
+    with open_dict(cfg):
+        cfg.run_dir = run_dir
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    datamodule = instantiate(cfg.dataset)
+    module = instantiate(cfg.module, _convert_="all")
+    module.run_config = resolved  # set after: instantiate would recurse into its _target_ entries
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    objects: dict[str, Any] = {
+        "module": module,
+        "trainer": trainer,
+        "datamodule": datamodule,
+        "run_dir": run_dir,
+    }
+    if cfg.export and trainer.is_global_zero:
+        export_dir = Path(run_dir) / "export"
+        objects["adapters"] = export_adapters(module, export_dir / "adapters.safetensors")
+        objects["merged"] = export_merged(module, export_dir / "merged")
+    if trainer.is_global_zero:
+        print(f"\nwadi: run finished at step {trainer.global_step}. Results in {run_dir}/")
+        print(f"  config        {run_dir}/config.yaml")
+        print(f"  checkpoints   {run_dir}/checkpoints/ (resume: rerun with ckpt_path=last)")
+        print(f"  samples       {run_dir}/samples/")
+        if "merged" in objects:
+            print(f"  adapters      {objects['adapters']}")
+            print(f"  merged model  {objects['merged']}  (stock diffusers, one step)")
+            print(f"  sample        python -m wadi.sample model={objects['merged']} prompts='[\"...\"]'")
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = train(cfg)
+    return metrics.get("train/loss_generator")
+
+
+if __name__ == "__main__":
+    main()
