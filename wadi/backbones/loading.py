@@ -132,6 +132,14 @@ class Backbone(nn.Module):
         self.text_encoder = text_encoder
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
 
+    def train(self, mode: bool = True) -> Backbone:
+        """Only the denoiser follows train/eval: the frozen text encoder and VAE stay in eval (no dropout)."""
+        super().train(mode)
+        for frozen in (self.vae, self.text_encoder):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
     @property
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
