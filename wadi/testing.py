@@ -192,3 +192,24 @@ def tiny_backbone_config(
         "generator_targets": gen,
         "fake_score_targets": fake,
     }
+
+
+class LossRecorder:
+    """A Lightning callback writing each step's losses to a JSON file (used by the resume tests)."""
+
+    def __new__(cls, path: str):
+        import lightning as L
+
+        class _Recorder(L.Callback):
+            def __init__(self, path: str) -> None:
+                self.path = Path(path)
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                import json
+
+                rows = json.loads(self.path.read_text()) if self.path.exists() else {}
+                m = trainer.callback_metrics
+                rows[str(trainer.global_step)] = [float(m["train/loss_generator"]), float(m["train/loss_fake_score"])]
+                self.path.write_text(json.dumps(rows))
+
+        return _Recorder(path)

@@ -30,6 +30,12 @@ class EMA(nn.Module):
         shadows = self.shadows()
         torch._foreach_lerp_(shadows, [p.detach().float() for p in self._params], 1.0 - self.decay)
 
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        """Overwrite the live parameters with the EMA weights (for inference-only loading)."""
+        for p, s in zip(self._params, self.shadows()):
+            p.copy_(s)
+
     @contextmanager
     @torch.no_grad()
     def swapped(self) -> Iterator[None]:

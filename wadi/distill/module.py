@@ -23,6 +23,7 @@ from wadi.adapters.inject import adapter_parameters, add_lorad
 from wadi.backbones import Backbone, BackboneConfig, Conditioning, load_backbone
 from wadi.distill.ema import EMA
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss, vsd_gradient
+from wadi.distributed import sync_gradients
 from wadi.sampling import one_step, seeded_noise
 
 GENERATOR = "generator"
@@ -178,6 +179,7 @@ class WaDiModule(L.LightningModule):
     def _optimize(self, optimizer, loss: Tensor, params: list, clip: float) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        sync_gradients(params)
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         optimizer.step()
         return norm

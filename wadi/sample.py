@@ -1,0 +1,172 @@
+"""`python -m wadi.sample model=<export dir | checkpoint | teacher dir> prompts=[...] seeds=[...]`.
+
+One step for a WaDi export or checkpoint; `teacher_steps=25 guidance_scale=3.0` samples any diffusers
+directory (the teacher) with DDIM + CFG. Saves one PNG per image and a grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import wadi.config  # noqa: F401  (registers resolvers)
+from wadi.backbones import Conditioning
+from wadi.backbones.loading import Backbone, BackboneConfig, load_backbone
+from wadi.export import EXPORT_INFO
+from wadi.sampling import ddim_sample, one_step, seeded_noise
+
+
+class Generator:
+    """`gen(prompts, seeds) -> (N, 3, H, W)` images in [0, 1]; one latent per seed, batch-independent."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        adapter: str | None,
+        steps: int | None,
+        guidance_scale: float,
+        batch_size: int = 16,
+        module=None,
+    ) -> None:
+        self.backbone = backbone
+        self.adapter = adapter
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.batch_size = batch_size
+        self.module = module
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.alphas_cumprod.device
+
+    def to(self, device) -> Generator:
+        (self.module or self.backbone).to(device)
+        return self
+
+    @torch.no_grad()
+    def latents(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        bb = self.backbone
+        dtype = next(bb.denoiser.parameters()).dtype
+        embeds, mask = bb.text_encoder.encode(list(prompts))
+        cond = Conditioning(embeds.to(dtype), mask)
+        z = seeded_noise(list(seeds), bb.latent_shape, self.device, dtype)
+        if self.steps is None:
+            return one_step(bb.denoiser, z, cond, bb.alphas_cumprod, self.adapter, bb.cfg.alpha_T)
+        null_embeds, null_mask = bb.text_encoder.encode([""])
+        uncond = Conditioning(null_embeds.to(dtype), null_mask)
+        return ddim_sample(
+            bb.denoiser, z, cond, uncond, bb.alphas_cumprod, self.steps, self.guidance_scale, self.adapter
+        )
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            x0 = self.latents(prompts[i : i + self.batch_size], seeds[i : i + self.batch_size])
+            out.append(self.backbone.decode(x0).cpu())
+        return torch.cat(out)
+
+
+def _backbone_cfg_for_dir(path: Path, info: dict | None) -> BackboneConfig:
+    """Backbone settings for a plain diffusers directory (export info if present, else read from the dir)."""
+    if info is not None:
+        return BackboneConfig.from_mapping({**info["backbone"], "pretrained": str(path)})
+    kind = "pixart" if (path / "transformer").is_dir() else "unet"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    sub = "transformer" if kind == "pixart" else "unet"
+    config = json.loads((path / sub / "config.json").read_text())
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return BackboneConfig(
+        name=path.name,
+        kind=kind,
+        pretrained=str(path),
+        resolution=config["sample_size"] * factor,
+        latent_size=config["sample_size"],
+        text_max_length=tok.model_max_length,
+        use_text_mask=kind == "pixart",
+    )
+
+
+def load_generator(
+    model: str | Path,
+    teacher_steps: int | None = None,
+    guidance_scale: float = 1.0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    use_ema: bool = True,
+) -> Generator:
+    """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir."""
+    path = Path(str(model)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model not found at {path}: expected a wadi export dir, a .ckpt, or a diffusers dir"
+        )
+    if path.is_file():
+        module = load_module_from_checkpoint(path)
+        if use_ema and module.ema is not None:
+            module.ema.copy_to_params()
+        module.eval()
+        gen = Generator(
+            module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module
+        )
+        return gen.to(device)
+    info_path = path / EXPORT_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    if info is None and teacher_steps is None:
+        raise ValueError(
+            f"{path} is not a wadi export (no {EXPORT_INFO}); to sample it as a teacher pass teacher_steps=N"
+        )
+    backbone = load_backbone(_backbone_cfg_for_dir(path, info))
+    backbone.eval()
+    return Generator(backbone, None, teacher_steps, guidance_scale, batch_size).to(device)
+
+
+def load_module_from_checkpoint(path: str | Path):
+    """Rebuild the WaDiModule a checkpoint was trained with (from its stored config) and load its adapters."""
+    from hydra.utils import instantiate
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    meta = checkpoint.get("wadi")
+    if meta is None or not meta.get("config"):
+        raise ValueError(f"{path} is not a wadi checkpoint (no 'wadi' entry with the run's config)")
+    cfg = OmegaConf.create(meta["config"])
+    module = instantiate(cfg.module, _convert_="all")
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    return module
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    from wadi.images import save_grid, save_images
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = list(cfg.prompts)
+    seeds = list(cfg.seeds) if cfg.seeds else list(range(cfg.seed, cfg.seed + len(prompts) * cfg.per_prompt))
+    prompts = [p for p in prompts for _ in range(cfg.per_prompt)] if not cfg.seeds else prompts
+    gen = load_generator(cfg.model, cfg.teacher_steps, cfg.guidance_scale, device, cfg.batch_size)
+    images = gen(prompts, seeds)
+    out = Path(cfg.out)
+    names = [f"{i:04d}_seed{s}" for i, s in enumerate(seeds)]
+    save_images(images, out, names)
+    (out / "prompts.json").write_text(
+        json.dumps(
+            [{"file": f"{n}.png", "prompt": p, "seed": s} for n, p, s in zip(names, prompts, seeds)], indent=2
+        )
+    )
+    grid = save_grid(images, out / "grid.png", nrow=cfg.per_prompt if not cfg.seeds else None)
+    print(f"wadi.sample: {len(images)} images in {out}/ (grid: {grid})")
+
+
+if __name__ == "__main__":
+    main()
