@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wadi.adapters.inject import adapter_parameters, add_lorad
-from wadi.backbones import Backbone, BackboneConfig, Conditioning, load_backbone
+from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss, vsd_gradient
 from wadi.distributed import sync_gradients
@@ -57,7 +57,7 @@ class WaDiModule(L.LightningModule):
 
     def __init__(
         self,
-        backbone: Mapping[str, Any],
+        backbone: Mapping[str, Any] | Backbone,
         rank: int,
         fake_rank: int = 32,
         guidance_scale: float = 1.5,
@@ -80,12 +80,14 @@ class WaDiModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold adapters only; the frozen base comes from disk
-        self.save_hyperparameters(ignore=["optimizer", "run_config"])
-        cfg = BackboneConfig.from_mapping(backbone)
+        prebuilt = isinstance(backbone, Backbone)
+        self.save_hyperparameters(ignore=["optimizer", "run_config"] + (["backbone"] if prebuilt else []))
         for role, r in ((GENERATOR, rank), (FAKE_SCORE, fake_rank)):
             if int(r) < 1:
                 raise ValueError(f"{'rank' if role == GENERATOR else 'fake_rank'} must be >= 1, got {r}")
-        self.backbone: Backbone = load_backbone(cfg, load_text=load_text_encoder)
+        # A prebuilt Backbone (benchmarks, notebooks) skips loading; a config dict loads from disk.
+        self.backbone: Backbone = backbone if prebuilt else load_backbone(backbone, load_text=load_text_encoder)
+        cfg = self.backbone.cfg
         model = self.backbone.denoiser.model
         self.generator_layers = add_lorad(model, GENERATOR, int(rank), cfg.targets(GENERATOR))
         self.fake_score_layers = add_lorad(model, FAKE_SCORE, int(fake_rank), cfg.targets(FAKE_SCORE))
