@@ -63,8 +63,12 @@ def ddim_sample(
     steps: int,
     guidance_scale: float,
     adapter: str | None = None,
+    trajectory: list[Tensor] | None = None,
 ) -> Tensor:
-    """Deterministic DDIM (eta=0) with CFG from pure noise; returns the final x0 latent."""
+    """Deterministic DDIM (eta=0) with CFG from pure noise; returns the final x0 latent.
+
+    Each step's predicted x0 is appended to `trajectory` when given (x0-trajectory visualisation).
+    """
     x = z
     timesteps = ddim_timesteps(alphas_cumprod.shape[0], steps)
     for i, t in enumerate(timesteps):
@@ -73,5 +77,54 @@ def ddim_sample(
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps = denoiser.cfg(x, tt, cond, uncond, guidance_scale, adapter).float()
         x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        if trajectory is not None:
+            trajectory.append(x0)
         x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
     return x
+
+
+@torch.no_grad()
+def hybrid_sample(
+    denoiser: Denoiser,
+    z: Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    alphas_cumprod: Tensor,
+    teacher_steps: int = 1,
+    schedule_steps: int = 25,
+    teacher_guidance: float = 0.0,
+    student_adapter: str | None = "generator",
+    teacher_adapter: str | None = None,
+    trajectory: list[Tensor] | None = None,
+) -> Tensor:
+    """Diversity distillation's hybrid sampler (Gandikota & Bau, spec section 6).
+
+    The teacher takes the first `teacher_steps` DDIM steps of a `schedule_steps`-step trailing schedule
+    (its own CFG scale, default 0 = unconditional, which restores diversity), then the one-step student
+    predicts x0 from the partially denoised latent at the matching timestep. teacher_steps=0 is the student.
+    Predicted x0 of every step is appended to `trajectory` when given (for x0-trajectory strips).
+    """
+    if not 0 <= teacher_steps <= schedule_steps:
+        raise ValueError(f"teacher_steps must be in [0, {schedule_steps}], got {teacher_steps}")
+    timesteps = ddim_timesteps(alphas_cumprod.shape[0], schedule_steps)
+    x = z
+    for i in range(teacher_steps):
+        t = timesteps[i]
+        abar = alphas_cumprod[t].float()
+        abar_prev = alphas_cumprod[timesteps[i + 1]].float() if i + 1 < len(timesteps) else x.new_tensor(1.0)
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = denoiser.cfg(x, tt, cond, uncond, teacher_guidance, teacher_adapter).float()
+        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        if trajectory is not None:
+            trajectory.append(x0)
+        x = (abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps).to(z.dtype)
+    if teacher_steps == len(timesteps):
+        return x
+    t = timesteps[teacher_steps]
+    abar = alphas_cumprod[t].float()
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    eps = denoiser(x, tt, cond, student_adapter).float()
+    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    if trajectory is not None:
+        trajectory.append(x0)
+    return x0
