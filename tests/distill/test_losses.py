@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from wadi.distill.losses import add_noise, cfg_combine, fake_score_loss, generator_loss, vsd_gradient, x0_from_eps
+from wadi.distill.losses import (
+    add_noise,
+    cfg_combine,
+    fake_score_loss,
+    generator_loss,
+    vsd_gradient,
+    x0_from_eps,
+)
 from wadi.sampling import generator_schedule
 
 
