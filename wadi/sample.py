@@ -18,7 +18,7 @@ import wadi.config  # noqa: F401  (registers resolvers)
 from wadi.backbones import Conditioning
 from wadi.backbones.loading import Backbone, BackboneConfig, load_backbone
 from wadi.export import EXPORT_INFO
-from wadi.sampling import ddim_sample, one_step, seeded_noise
+from wadi.sampling import ddim_sample, hybrid_sample, one_step, seeded_noise
 
 
 class Generator:
@@ -32,8 +32,16 @@ class Generator:
         guidance_scale: float,
         batch_size: int = 16,
         module=None,
+        hybrid_k: int = 0,
+        schedule_steps: int = 25,
+        teacher_guidance: float = 0.0,
+        teacher: Backbone | None = None,
     ) -> None:
         self.backbone = backbone
+        self.hybrid_k = hybrid_k
+        self.schedule_steps = schedule_steps
+        self.teacher_guidance = teacher_guidance
+        self.teacher = teacher
         self.adapter = adapter
         self.steps = steps
         self.guidance_scale = guidance_scale
@@ -46,6 +54,8 @@ class Generator:
 
     def to(self, device) -> Generator:
         (self.module or self.backbone).to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
         return self
 
     @torch.no_grad()
@@ -55,10 +65,25 @@ class Generator:
         embeds, mask = bb.text_encoder.encode(list(prompts))
         cond = Conditioning(embeds.to(dtype), mask)
         z = seeded_noise(list(seeds), bb.latent_shape, self.device, dtype)
-        if self.steps is None:
+        if self.steps is None and self.hybrid_k == 0:
             return one_step(bb.denoiser, z, cond, bb.alphas_cumprod, self.adapter, bb.cfg.alpha_T)
         null_embeds, null_mask = bb.text_encoder.encode([""])
         uncond = Conditioning(null_embeds.to(dtype), null_mask)
+        if self.steps is None:  # hybrid: the teacher's first k steps, then the one-step student
+            teacher = self.teacher.denoiser if self.teacher is not None else None
+            return hybrid_sample(
+                bb.denoiser,
+                z,
+                cond,
+                uncond,
+                bb.alphas_cumprod,
+                self.hybrid_k,
+                self.schedule_steps,
+                self.teacher_guidance,
+                self.adapter,
+                None,
+                teacher_denoiser=teacher,
+            )
         return ddim_sample(
             bb.denoiser, z, cond, uncond, bb.alphas_cumprod, self.steps, self.guidance_scale, self.adapter
         )
@@ -104,8 +129,17 @@ def load_generator(
     device: str | torch.device = "cpu",
     batch_size: int = 16,
     use_ema: bool = True,
+    hybrid_k: int = 0,
+    schedule_steps: int = 25,
+    teacher_guidance: float = 0.0,
+    teacher: str | Path | None = None,
 ) -> Generator:
-    """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir."""
+    """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir.
+
+    hybrid_k > 0: hybrid sampling, the teacher's first k of `schedule_steps` DDIM steps then the student. A
+    checkpoint carries its teacher (the adapter-free base); a merged export needs `teacher=<dir>`.
+    """
+    hybrid = {"hybrid_k": hybrid_k, "schedule_steps": schedule_steps, "teacher_guidance": teacher_guidance}
     path = Path(str(model)).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -117,7 +151,7 @@ def load_generator(
             module.ema.copy_to_params()
         module.eval()
         gen = Generator(
-            module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module
+            module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module, **hybrid
         )
         return gen.to(device)
     info_path = path / EXPORT_INFO
@@ -128,7 +162,16 @@ def load_generator(
         )
     backbone = load_backbone(_backbone_cfg_for_dir(path, info))
     backbone.eval()
-    return Generator(backbone, None, teacher_steps, guidance_scale, batch_size).to(device)
+    teacher_bb = None
+    if hybrid_k > 0:
+        if teacher is None:
+            raise ValueError(
+                "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
+            )
+        teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
+    return Generator(
+        backbone, None, teacher_steps, guidance_scale, batch_size, teacher=teacher_bb, **hybrid
+    ).to(device)
 
 
 def load_module_from_checkpoint(path: str | Path):
@@ -154,7 +197,17 @@ def main(cfg: DictConfig) -> None:
     prompts = list(cfg.prompts)
     seeds = list(cfg.seeds) if cfg.seeds else list(range(cfg.seed, cfg.seed + len(prompts) * cfg.per_prompt))
     prompts = [p for p in prompts for _ in range(cfg.per_prompt)] if not cfg.seeds else prompts
-    gen = load_generator(cfg.model, cfg.teacher_steps, cfg.guidance_scale, device, cfg.batch_size)
+    gen = load_generator(
+        cfg.model,
+        cfg.teacher_steps,
+        cfg.guidance_scale,
+        device,
+        cfg.batch_size,
+        hybrid_k=cfg.hybrid_k,
+        schedule_steps=cfg.schedule_steps,
+        teacher_guidance=cfg.teacher_guidance,
+        teacher=cfg.teacher,
+    )
     images = gen(prompts, seeds)
     out = Path(cfg.out)
     names = [f"{i:04d}_seed{s}" for i, s in enumerate(seeds)]

@@ -96,12 +96,15 @@ def hybrid_sample(
     student_adapter: str | None = "generator",
     teacher_adapter: str | None = None,
     trajectory: list[Tensor] | None = None,
+    teacher_denoiser: Denoiser | None = None,
 ) -> Tensor:
     """Diversity distillation's hybrid sampler (Gandikota & Bau, spec section 6).
 
     The teacher takes the first `teacher_steps` DDIM steps of a `schedule_steps`-step trailing schedule
     (its own CFG scale, default 0 = unconditional, which restores diversity), then the one-step student
     predicts x0 from the partially denoised latent at the matching timestep. teacher_steps=0 is the student.
+    The teacher is `denoiser` with `teacher_adapter` (a checkpoint: one network, two roles) or a separate
+    `teacher_denoiser` (a merged export next to its teacher directory).
     Predicted x0 of every step is appended to `trajectory` when given (for x0-trajectory strips).
     """
     if not 0 <= teacher_steps <= schedule_steps:
@@ -113,7 +116,9 @@ def hybrid_sample(
         abar = alphas_cumprod[t].float()
         abar_prev = alphas_cumprod[timesteps[i + 1]].float() if i + 1 < len(timesteps) else x.new_tensor(1.0)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = denoiser.cfg(x, tt, cond, uncond, teacher_guidance, teacher_adapter).float()
+        eps = (
+            (teacher_denoiser or denoiser).cfg(x, tt, cond, uncond, teacher_guidance, teacher_adapter).float()
+        )
         x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
         if trajectory is not None:
             trajectory.append(x0)
