@@ -16,22 +16,34 @@ from wadi.config import CONF_DIR
 from wadi.testing import tiny_backbone_config
 from wadi.train import train
 
-PROMPTS = [f"a {s} {c} {o} at the {p}" for s in ("small", "large") for c in ("red", "blue", "green")
-           for o in ("circle", "square") for p in ("left", "top")]
+PROMPTS = [
+    f"a {s} {c} {o} at the {p}"
+    for s in ("small", "large")
+    for c in ("red", "blue", "green")
+    for o in ("circle", "square")
+    for p in ("left", "top")
+]
 
 
 def compose_cfg(tmp_path: Path, backbone_dir: Path, kind: str = "unet", overrides: tuple[str, ...] = ()):
-    prompts = tmp_path / "prompts.txt"
-    if not prompts.exists():
-        prompts.write_text("\n".join(PROMPTS) + "\n")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[
-                "dataset=text", f"dataset.source={prompts}", "logger=csv", "trainer=cpu", "batch_size=2",
-                "max_steps=4", f"run_dir={tmp_path / 'run'}", "callbacks.checkpoint.every_n_train_steps=2",
-                "callbacks.sample_grid.every_n_steps=2", "~callbacks.progress", "trainer.log_every_n_steps=1",
-                "rank=4", "fake_rank=2", *overrides,
+                "dataset=toy",
+                "dataset.num_prompts=64",
+                "logger=csv",
+                "trainer=cpu",
+                "batch_size=2",
+                "max_steps=4",
+                f"run_dir={tmp_path / 'run'}",
+                "callbacks.checkpoint.every_n_train_steps=2",
+                "callbacks.sample_grid.every_n_steps=2",
+                "~callbacks.progress",
+                "trainer.log_every_n_steps=1",
+                "rank=4",
+                "fake_rank=2",
+                *overrides,
             ],
         )
     with open_dict(cfg):
@@ -58,7 +70,9 @@ def test_train_exports_and_stock_diffusers_matches(tmp_path, tiny_sd_dir):
 
     z = seeded_noise([5], module.backbone.latent_shape, "cpu")
     ours = module.generate_latents(PROMPTS[:1], [5])
-    theirs = pipe(PROMPTS[:1], num_inference_steps=1, guidance_scale=1.0, latents=z, output_type="latent").images
+    theirs = pipe(
+        PROMPTS[:1], num_inference_steps=1, guidance_scale=1.0, latents=z, output_type="latent"
+    ).images
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
     # and wadi.sample's loaders agree: merged export and checkpoint
     from wadi.sample import load_generator
@@ -72,17 +86,46 @@ def test_train_exports_and_stock_diffusers_matches(tmp_path, tiny_sd_dir):
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_reproduces_losses(tmp_path, tiny_pixart_dir):
     record = "+callbacks.recorder._target_=wadi.testing.LossRecorder"
-    full = compose_cfg(tmp_path / "a", tiny_pixart_dir, "pixart",
-                       ("max_steps=6", "export=false", record, f"+callbacks.recorder.path={tmp_path / 'a.json'}",
-                        "ema_decay=0.9"))
+    full = compose_cfg(
+        tmp_path / "a",
+        tiny_pixart_dir,
+        "pixart",
+        (
+            "max_steps=6",
+            "export=false",
+            record,
+            f"+callbacks.recorder.path={tmp_path / 'a.json'}",
+            "ema_decay=0.9",
+        ),
+    )
     train(full)
-    part = compose_cfg(tmp_path / "b", tiny_pixart_dir, "pixart",
-                       ("max_steps=3", "export=false", "callbacks.checkpoint.every_n_train_steps=1", record,
-                        f"+callbacks.recorder.path={tmp_path / 'b.json'}", "ema_decay=0.9"))
+    part = compose_cfg(
+        tmp_path / "b",
+        tiny_pixart_dir,
+        "pixart",
+        (
+            "max_steps=3",
+            "export=false",
+            "callbacks.checkpoint.every_n_train_steps=1",
+            record,
+            f"+callbacks.recorder.path={tmp_path / 'b.json'}",
+            "ema_decay=0.9",
+        ),
+    )
     train(part)
-    resumed = compose_cfg(tmp_path / "b", tiny_pixart_dir, "pixart",
-                          ("max_steps=6", "export=false", "ckpt_path=last", record,
-                           f"+callbacks.recorder.path={tmp_path / 'b.json'}", "ema_decay=0.9"))
+    resumed = compose_cfg(
+        tmp_path / "b",
+        tiny_pixart_dir,
+        "pixart",
+        (
+            "max_steps=6",
+            "export=false",
+            "ckpt_path=last",
+            record,
+            f"+callbacks.recorder.path={tmp_path / 'b.json'}",
+            "ema_decay=0.9",
+        ),
+    )
     _, objects = train(resumed)
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text())
@@ -92,15 +135,20 @@ def test_interrupted_and_resumed_run_reproduces_losses(tmp_path, tiny_pixart_dir
     ckpt = torch.load(Path(objects["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
     assert len(ckpt["optimizer_states"]) == 2 and ckpt["wadi"]["config"]["rank"] == 4
     assert any(k.startswith("ema.") for k in ckpt["state_dict"])
-    assert not any(".lorad." not in k and not k.startswith("ema.") for k in ckpt["state_dict"])  # no frozen base
+    assert not any(
+        ".lorad." not in k and not k.startswith("ema.") for k in ckpt["state_dict"]
+    )  # no frozen base
 
 
 @pytest.mark.slow
 def test_checkpoint_from_other_rank_is_refused(tmp_path, tiny_sd_dir):
     train(compose_cfg(tmp_path, tiny_sd_dir, overrides=("max_steps=2", "export=false")))
     with pytest.raises(ValueError, match=r"rank: checkpoint 4 vs this run 8"):
-        train(compose_cfg(tmp_path, tiny_sd_dir, overrides=("max_steps=3", "export=false", "rank=8",
-                                                            "ckpt_path=last")))
+        train(
+            compose_cfg(
+                tmp_path, tiny_sd_dir, overrides=("max_steps=3", "export=false", "rank=8", "ckpt_path=last")
+            )
+        )
 
 
 def test_missing_weights_name_the_path(tmp_path):
@@ -137,8 +185,14 @@ def test_every_experiment_composes(experiment):
     assert cfg.rank >= 1
 
 
-@pytest.mark.parametrize("backbone,expected", [
-    ("sd15", (83_795_968, 9_378_816)), ("sd21", (94_429_184, 9_509_888)), ("pixart", (81_219_584, 20_127_744))])
+@pytest.mark.parametrize(
+    "backbone,expected",
+    [
+        ("sd15", (83_795_968, 9_378_816)),
+        ("sd21", (94_429_184, 9_509_888)),
+        ("pixart", (81_219_584, 20_127_744)),
+    ],
+)
 def test_dry_run_counts_equal_paper(backbone, expected):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"backbone={backbone}", "dry_run=true"])
@@ -149,8 +203,20 @@ def test_dry_run_counts_equal_paper(backbone, expected):
 @pytest.mark.slow
 def test_cli_dry_run_multirun(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "wadi.train", "-m", "backbone=pixart", "rank=64,128", "dry_run=true",
-         f"output_root={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=CONF_DIR.parent,
+        [
+            sys.executable,
+            "-m",
+            "wadi.train",
+            "-m",
+            "backbone=pixart",
+            "rank=64,128",
+            "dry_run=true",
+            f"output_root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=CONF_DIR.parent,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "40,609,792" in out.stdout and "81,219,584" in out.stdout

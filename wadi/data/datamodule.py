@@ -52,9 +52,9 @@ class PromptDataModule(L.LightningDataModule):
         return self._prompts
 
     def train_dataloader(self) -> DataLoader:
-        from wadi.data.prompts import PromptStream
+        from wadi.data.stream import PromptStream
 
-        trainer = self._trainer
+        trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1

@@ -86,7 +86,9 @@ class WaDiModule(L.LightningModule):
             if int(r) < 1:
                 raise ValueError(f"{'rank' if role == GENERATOR else 'fake_rank'} must be >= 1, got {r}")
         # A prebuilt Backbone (benchmarks, notebooks) skips loading; a config dict loads from disk.
-        self.backbone: Backbone = backbone if prebuilt else load_backbone(backbone, load_text=load_text_encoder)
+        self.backbone: Backbone = (
+            backbone if prebuilt else load_backbone(backbone, load_text=load_text_encoder)
+        )
         cfg = self.backbone.cfg
         model = self.backbone.denoiser.model
         self.generator_layers = add_lorad(model, GENERATOR, int(rank), cfg.targets(GENERATOR))
@@ -270,7 +272,7 @@ class WaDiModule(L.LightningModule):
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_state(),
                 "python": random.getstate(),
             },
         }
@@ -289,10 +291,27 @@ class WaDiModule(L.LightningModule):
         rng = checkpoint["wadi"].get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            _set_numpy_state(rng["numpy"])
             random.setstate(rng["python"])
             if rng.get("cuda") and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _numpy_state() -> dict[str, Any]:
+    """numpy's RNG state as plain types and tensors, so Lightning's weights_only loading accepts it."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
 
 
 def check_checkpoint_compatible(
