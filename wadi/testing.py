@@ -209,7 +209,10 @@ class LossRecorder:
 
                 rows = json.loads(self.path.read_text()) if self.path.exists() else {}
                 m = trainer.callback_metrics
-                rows[str(trainer.global_step)] = [float(m["train/loss_generator"]), float(m["train/loss_fake_score"])]
+                rows[str(trainer.global_step)] = [
+                    float(m["train/loss_generator"]),
+                    float(m["train/loss_fake_score"]),
+                ]
                 self.path.write_text(json.dumps(rows))
 
         return _Recorder(path)
