@@ -220,3 +220,27 @@ def test_cli_dry_run_multirun(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "40,609,792" in out.stdout and "81,219,584" in out.stdout
+
+
+@pytest.mark.slow
+def test_sample_cli_writes_pngs_and_grid(tmp_path, tiny_sd_dir):
+    _, objects = train(compose_cfg(tmp_path, tiny_sd_dir, overrides=("max_steps=1",)))
+    out = tmp_path / "samples_cli"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wadi.sample",
+            f"model={objects['merged']}",
+            "prompts=[a red circle,a blue star]",
+            "per_prompt=2",
+            f"out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=CONF_DIR.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(out.glob("0*_seed*.png"))) == 4 and (out / "grid.png").is_file()
+    assert len(json.loads((out / "prompts.json").read_text())) == 4

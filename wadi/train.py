@@ -5,6 +5,7 @@ Everything here is wiring; the pieces are importable and tested on their own.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    # The frozen text encoder and VAE stay in eval mode on purpose (no dropout in the teacher's parts).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
