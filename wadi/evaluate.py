@@ -285,9 +285,22 @@ def _fingerprint(cfg: DictConfig, evaluator) -> dict:
     )
     return {
         "generator": {k: cfg.get(k) for k in keys} | {"use_ema": cfg.get("use_ema", True)},
+        "model_files": _model_identity(Path(str(cfg.model))),
         "eval": evaluator.describe(),
         "shard_size": int(cfg.shard_size),
     }
+
+
+def _model_identity(path: Path) -> list | None:
+    """(name, size, mtime_ns) of the model file, or of the files one and two levels inside a model directory:
+    a retrained `last.ckpt` at the same path must not resume the old model's shards."""
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in [*path.glob("*"), *path.glob("*/*")] if p.is_file())
+    else:
+        return None
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def default_out(cfg: DictConfig, eval_name: str) -> Path:
@@ -380,12 +393,12 @@ def evaluate(cfg: DictConfig, generator: Generate | None = None, evaluator=None)
         device = torch.device("cpu")
     evaluator = evaluator if evaluator is not None else instantiate(cfg.eval)
     out = Path(str(cfg.out)) if cfg.get("out") else default_out(cfg, evaluator.name)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     say = print if rank == 0 else (lambda *_: None)
-    prompts = evaluator.prompts()
+    prompts = evaluator.prompts()  # bad captions / weights / reference folder fail here, before any output
     evaluator.setup(device, progress=say)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
 
     fingerprint = _fingerprint(cfg, evaluator)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()

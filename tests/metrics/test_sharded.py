@@ -187,6 +187,18 @@ def test_cli_writes_metrics_grid_and_resumes_from_shards(coco_env, tmp_path):
         evaluate(_cfg(coco_env, out, "guidance_scale=2.0"), generator=Counting())
 
 
+def test_cli_does_not_resume_shards_of_a_changed_checkpoint(coco_env, tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights v1")
+    cfg = _cfg(coco_env, tmp_path / "out", f"model={ckpt}")
+    evaluate(cfg, generator=Counting())
+    assert evaluate(cfg, generator=Counting(fail=True))["n_samples"] == N_PROMPTS  # unchanged: resumed
+    ckpt.write_bytes(b"weights v2, trained longer")
+    with pytest.raises(ValueError, match="different evaluation"):
+        evaluate(cfg, generator=Counting(fail=True))
+
+
 def test_cli_bad_inputs_fail_before_generating(coco_env, tmp_path):
     never = Counting(fail=True)
     with pytest.raises(WeightsNotFoundError, match="eval.inception_path"):
@@ -199,6 +211,7 @@ def test_cli_bad_inputs_fail_before_generating(coco_env, tmp_path):
         evaluate(_cfg(coco_env, tmp_path / "c", "eval.n_reference=40504"), generator=never)
     with pytest.raises(ValueError, match="n_samples=30000"):
         evaluate(_cfg(coco_env, tmp_path / "d", "eval.n_samples=30000"), generator=never)
+    assert not any((tmp_path / d).exists() for d in "abcd")  # nothing written
 
 
 def test_eval_configs_compose():
