@@ -100,7 +100,9 @@ def clean_batch(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, 299, 299) float32 in [0, 255], the extractor's input."""
     if len(images) == 0:
         return torch.zeros(0, 3, INCEPTION_SIZE, INCEPTION_SIZE)
-    return torch.from_numpy(np.stack([clean_resize(im) for im in images])).permute(0, 3, 1, 2).contiguous()
+    from wadi.metrics.protocol import thread_map
+
+    return torch.from_numpy(np.stack(thread_map(clean_resize, images))).permute(0, 3, 1, 2).contiguous()
 
 
 class _CleanFiles(torch.utils.data.Dataset):

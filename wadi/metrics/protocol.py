@@ -89,7 +89,20 @@ def protocol_images(
     arr = tensor_to_uint8(images)
     if len(arr) == 0:
         return np.zeros((0, resolution, resolution, 3), np.uint8)
-    return np.stack([protocol_resize(a, resolution, resize_filter) for a in arr])
+    return np.stack(thread_map(lambda a: protocol_resize(a, resolution, resize_filter), arr))
+
+
+def thread_map(fn, items) -> list:
+    """[fn(x) for x in items] on a few threads: PIL resizes release the GIL (~4x on 8 cores)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    workers = min(8, os.cpu_count() or 1, len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def load_reference_image(
