@@ -104,6 +104,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module = instantiate(cfg.module, _convert_="all")
     module.run_config = resolved  # set after: instantiate would recurse into its _target_ entries
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if cfg.get("eval") and cfg.get("eval_callback"):
+        callbacks.append(instantiate(cfg.eval_callback, evaluator=cfg.eval))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
