@@ -53,6 +53,18 @@ def ddim_timesteps(num_train: int, steps: int, offset: int = 0, from_t: int | No
     return [int(t) + offset for t in ts]
 
 
+def ddim_step(
+    x: Tensor, eps: Tensor, alphas_cumprod: Tensor, t: int, t_prev: int | None
+) -> tuple[Tensor, Tensor]:
+    """One deterministic DDIM step (eta = 0) from t to t_prev (None: to the clean image); returns (x_prev, x0)."""
+    abar = alphas_cumprod[t].float()
+    abar_prev = (
+        alphas_cumprod[t_prev].float() if t_prev is not None else x.new_tensor(1.0, dtype=torch.float32)
+    )
+    x0 = (x.float() - (1 - abar).sqrt() * eps) / abar.sqrt()
+    return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps, x0
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: Denoiser,
@@ -72,14 +84,12 @@ def ddim_sample(
     x = z
     timesteps = ddim_timesteps(alphas_cumprod.shape[0], steps)
     for i, t in enumerate(timesteps):
-        abar = alphas_cumprod[t].float()
-        abar_prev = alphas_cumprod[timesteps[i + 1]].float() if i + 1 < len(timesteps) else x.new_tensor(1.0)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps = denoiser.cfg(x, tt, cond, uncond, guidance_scale, adapter).float()
-        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        x, x0 = ddim_step(x, eps, alphas_cumprod, t, timesteps[i + 1] if i + 1 < len(timesteps) else None)
+        x = x.to(z.dtype)  # the denoiser's dtype for the next step
         if trajectory is not None:
             trajectory.append(x0)
-        x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
     return x
 
 
@@ -113,16 +123,14 @@ def hybrid_sample(
     x = z
     for i in range(teacher_steps):
         t = timesteps[i]
-        abar = alphas_cumprod[t].float()
-        abar_prev = alphas_cumprod[timesteps[i + 1]].float() if i + 1 < len(timesteps) else x.new_tensor(1.0)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps = (
             (teacher_denoiser or denoiser).cfg(x, tt, cond, uncond, teacher_guidance, teacher_adapter).float()
         )
-        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        x, x0 = ddim_step(x, eps, alphas_cumprod, t, timesteps[i + 1] if i + 1 < len(timesteps) else None)
+        x = x.to(z.dtype)
         if trajectory is not None:
             trajectory.append(x0)
-        x = (abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps).to(z.dtype)
     if teacher_steps == len(timesteps):
         return x
     t = timesteps[teacher_steps]
