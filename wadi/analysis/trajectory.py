@@ -1,0 +1,128 @@
+"""x0 trajectories (diversity distillation, spec section 6): the predicted clean image at every step.
+
+A sampler's intermediate x0 predictions show where the composition is decided: a multi-step teacher fixes
+the layout in its first step or two, which is why handing the one-step student a latent after k = 1
+teacher steps restores diversity. One horizontal strip per prompt, left to right = sampling steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from wadi.backbones.conditioning import Conditioning
+from wadi.backbones.denoiser import Denoiser
+from wadi.images import make_grid
+from wadi.sampling import ddim_sample, hybrid_sample, one_step, seeded_noise
+
+
+@torch.no_grad()
+def sample_trajectory(
+    denoiser: Denoiser,
+    z: Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    alphas_cumprod: Tensor,
+    *,
+    steps: int | None = None,
+    guidance_scale: float = 1.0,
+    adapter: str | None = None,
+    hybrid_k: int = 0,
+    schedule_steps: int = 25,
+    teacher_guidance: float = 0.0,
+    teacher_denoiser: Denoiser | None = None,
+    alpha_T: float | None = None,
+) -> Tensor:
+    """Predicted x0 latents of every step, (S, B, C, h, w).
+
+    steps=N: N-step DDIM with CFG `guidance_scale` under `adapter` (a teacher: adapter=None).
+    hybrid_k=k > 0: the teacher's first k steps of a `schedule_steps` schedule (the adapter-free base of
+    `denoiser`, or `teacher_denoiser`), then the one-step student under `adapter`: S = k + 1.
+    Neither: the one-step student alone (S = 1), with the backbone's `alpha_T`.
+    """
+    trajectory: list[Tensor] = []
+    if steps is not None:
+        ddim_sample(
+            denoiser, z, cond, uncond, alphas_cumprod, steps, guidance_scale, adapter, trajectory=trajectory
+        )
+    elif hybrid_k > 0:
+        hybrid_sample(
+            denoiser,
+            z,
+            cond,
+            uncond,
+            alphas_cumprod,
+            hybrid_k,
+            schedule_steps,
+            teacher_guidance,
+            student_adapter=adapter,
+            teacher_adapter=None,
+            trajectory=trajectory,
+            teacher_denoiser=teacher_denoiser,
+        )
+    else:
+        trajectory.append(one_step(denoiser, z, cond, alphas_cumprod, adapter, alpha_T))
+    return torch.stack([x.float() for x in trajectory])
+
+
+@torch.no_grad()
+def generator_trajectory(gen, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+    """The x0 trajectory of a `wadi.sample.Generator` run with its own settings, (S, B, C, h, w)."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    bb = gen.backbone
+    dtype = next(bb.denoiser.parameters()).dtype
+    embeds, mask = bb.text_encoder.encode(list(prompts))
+    null_embeds, null_mask = bb.text_encoder.encode([""])
+    z = seeded_noise(list(seeds), bb.latent_shape, gen.device, dtype)
+    return sample_trajectory(
+        bb.denoiser,
+        z,
+        Conditioning(embeds.to(dtype), mask),
+        Conditioning(null_embeds.to(dtype), null_mask),
+        bb.alphas_cumprod,
+        steps=gen.steps,
+        guidance_scale=gen.guidance_scale,
+        adapter=gen.adapter,
+        hybrid_k=gen.hybrid_k,
+        schedule_steps=gen.schedule_steps,
+        teacher_guidance=gen.teacher_guidance,
+        teacher_denoiser=gen.teacher.denoiser if gen.teacher is not None else None,
+        alpha_T=bb.cfg.alpha_T,
+    )
+
+
+@torch.no_grad()
+def decode_trajectory(backbone, trajectory: Tensor, batch_size: int = 16) -> Tensor:
+    """(S, B, C, h, w) latents -> (B, S, 3, H, W) images in [0, 1] through `backbone.decode`."""
+    steps, batch = trajectory.shape[:2]
+    flat = trajectory.flatten(0, 1)  # (S*B, C, h, w), step-major
+    images = torch.cat(
+        [backbone.decode(flat[i : i + batch_size]).cpu() for i in range(0, len(flat), batch_size)]
+    )
+    return images.unflatten(0, (steps, batch)).transpose(0, 1)  # (B, S, 3, H, W)
+
+
+def trajectory_strip(frames: Tensor, pad: int = 2) -> np.ndarray:
+    """One prompt's frames (S, 3, H, W) side by side: uint8 (H + 2 pad, S (W + pad) + pad, 3)."""
+    return make_grid(frames, nrow=frames.shape[0], pad=pad)
+
+
+def save_strips(images: Tensor, directory: str | Path, names: Sequence[str], pad: int = 2) -> list[Path]:
+    """One PNG strip per prompt from (B, S, 3, H, W) images."""
+    if images.ndim != 5 or len(names) != images.shape[0]:
+        raise ValueError(
+            f"expected (B, S, 3, H, W) images and B names, got {tuple(images.shape)}, {len(names)}"
+        )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for frames, name in zip(images, names):
+        paths.append(directory / f"{name}.png")
+        Image.fromarray(trajectory_strip(frames, pad)).save(paths[-1])
+    return paths
