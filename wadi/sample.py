@@ -83,6 +83,7 @@ class Generator:
                 self.adapter,
                 None,
                 teacher_denoiser=teacher,
+                alpha_T=bb.cfg.alpha_T,
             )
         return ddim_sample(
             bb.denoiser, z, cond, uncond, bb.alphas_cumprod, self.steps, self.guidance_scale, self.adapter

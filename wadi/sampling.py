@@ -107,6 +107,7 @@ def hybrid_sample(
     teacher_adapter: str | None = None,
     trajectory: list[Tensor] | None = None,
     teacher_denoiser: Denoiser | None = None,
+    alpha_T: float | None = None,
 ) -> Tensor:
     """Diversity distillation's hybrid sampler (Gandikota & Bau, spec section 6).
 
@@ -133,6 +134,11 @@ def hybrid_sample(
             trajectory.append(x0)
     if teacher_steps == len(timesteps):
         return x
+    if teacher_steps == 0:  # the student alone, with its own alpha_T (which may override the schedule's)
+        x0 = one_step(denoiser, z, cond, alphas_cumprod, student_adapter, alpha_T)
+        if trajectory is not None:
+            trajectory.append(x0)
+        return x0
     t = timesteps[teacher_steps]
     abar = alphas_cumprod[t].float()
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
