@@ -22,7 +22,9 @@ def tiny_pixart_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sd21_dir(tmp_path_factory):
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd21"), "unet", linear_projection=True)
+    return save_tiny_pipeline(
+        tmp_path_factory.mktemp("tiny_sd21"), "unet", linear_projection=True, text_dim=1024
+    )
 
 
 @pytest.fixture

@@ -245,3 +245,26 @@ def test_sample_cli_writes_pngs_and_grid(tmp_path, tiny_sd_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("0*_seed*.png"))) == 4 and (out / "grid.png").is_file()
     assert len(json.loads((out / "prompts.json").read_text())) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture,kind", [("tiny_sd21_dir", "unet"), ("tiny_pixart_dir", "pixart")])
+def test_two_training_steps_on_sd21_and_pixart_layouts(tmp_path, fixture, kind, request):
+    """Issue 4: SD2.1's layout (linear projections, 1024-d cross-attention) and PixArt's, end to end."""
+    directory = request.getfixturevalue(fixture)
+    cfg = compose_cfg(tmp_path, directory, kind, ("max_steps=2",))
+    _, objects = train(cfg)
+    module = objects["module"]
+    assert objects["trainer"].global_step == 2
+    if kind == "unet":
+        assert module.denoiser.model.config.cross_attention_dim == 1024
+        assert any(n.endswith("proj_in") for n in module.generator_layers)  # linear projections are adapted
+        assert not any(n.endswith("proj_in") for n in module.fake_score_layers)
+    assert (Path(objects["merged"]) / ("transformer" if kind == "pixart" else "unet")).is_dir()
+
+
+def test_tokenizer_max_length_mismatch_is_an_error(tmp_path, tiny_sd_dir):
+    cfg = compose_cfg(tmp_path, tiny_sd_dir)
+    cfg.backbone.text_max_length = 77
+    with pytest.raises(ValueError, match=r"model_max_length=16.*text_max_length=77"):
+        train(cfg)

@@ -94,11 +94,17 @@ def tiny_vae():
 
 
 def save_tiny_pipeline(
-    root: str | Path, kind: str = "unet", seed: int = 0, linear_projection: bool = False, max_length: int = 16
+    root: str | Path,
+    kind: str = "unet",
+    seed: int = 0,
+    linear_projection: bool = False,
+    max_length: int = 16,
+    text_dim: int = 32,
 ) -> Path:
     """Write a tiny random SD-layout (kind="unet") or PixArt-layout (kind="pixart") diffusers directory.
 
-    Latents are 4 x 8 x 8 for 16 x 16 RGB images; the text encoder is CLIP (unet) or T5 (pixart).
+    Latents are 4 x 8 x 8 for 16 x 16 RGB images; the text encoder is CLIP (unet) or T5 (pixart) of width
+    `text_dim` (SD2.1's layout: `linear_projection=True, text_dim=1024`).
     """
     from diffusers import DDPMScheduler, PixArtAlphaPipeline, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -111,7 +117,7 @@ def save_tiny_pipeline(
         text = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=vocab,
-                hidden_size=32,
+                hidden_size=text_dim,
                 intermediate_size=64,
                 num_hidden_layers=2,
                 num_attention_heads=4,
@@ -132,7 +138,7 @@ def save_tiny_pipeline(
             vae=tiny_vae(),
             text_encoder=text,
             tokenizer=tokenizer,
-            unet=tiny_unet(linear_projection=linear_projection),
+            unet=tiny_unet(cross_dim=text_dim, linear_projection=linear_projection),
             scheduler=scheduler,
             safety_checker=None,
             feature_extractor=None,

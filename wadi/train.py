@@ -73,6 +73,19 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str) -> str | None:
     return str(path)
 
 
+def _instantiate_plain(config, **kwargs):
+    """hydra's instantiate, re-raising the builder's own error (with its message) instead of a wrapper."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as err:
+        if err.__cause__ is not None:
+            raise err.__cause__ from None
+        raise
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit WaDi as configured; returns (metrics, objects)."""
     import lightning as L
@@ -101,7 +114,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.dataset)
-    module = instantiate(cfg.module, _convert_="all")
+    module = _instantiate_plain(cfg.module, _convert_="all")
     module.run_config = resolved  # set after: instantiate would recurse into its _target_ entries
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if cfg.get("eval") and cfg.get("eval_callback"):
