@@ -113,8 +113,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = instantiate(cfg.dataset)
-    module = _instantiate_plain(cfg.module, _convert_="all")
+    datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
+    cache = datamodule.embedding_cache() if hasattr(datamodule, "embedding_cache") else None
+    # With a text-embedding cache the text encoder is never loaded (T5-XXL alone is ~9.5 GB in fp16).
+    module = _instantiate_plain(cfg.module, _convert_="all", load_text_encoder=cache is None)
+    if cache is not None:
+        module.prompt_lookup = cache.lookup
     module.run_config = resolved  # set after: instantiate would recurse into its _target_ entries
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if cfg.get("eval") and cfg.get("eval_callback"):

@@ -19,6 +19,10 @@ class Denoiser(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # When set (WaDiModule.cast_frozen does), the model runs natively in this dtype with autocast off.
+        # Autocast runs every GroupNorm/LayerNorm in float32 and casts back for the next conv or linear:
+        # round trips through memory in a memory-bound network (experiments/bench).
+        self.compute_dtype: torch.dtype | None = None
 
     @property
     def in_channels(self) -> int:
@@ -31,7 +35,10 @@ class Denoiser(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None = None) -> Tensor:
         """Predicted epsilon for x_t (B, C, h, w) at integer timesteps t (B,), with adapter `adapter`."""
         with use_adapter(adapter):
-            return self._eps(x_t, t, cond)
+            if self.compute_dtype is None:
+                return self._eps(x_t, t, cond)
+            with torch.autocast(x_t.device.type, enabled=False):
+                return self._eps(x_t.to(self.compute_dtype), t, cond.to(dtype=self.compute_dtype))
 
     def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         raise NotImplementedError

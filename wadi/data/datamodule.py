@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -25,6 +26,7 @@ class PromptDataModule(L.LightningDataModule):
         num_prompts: int = 100_000,
         cache_dir: str | None = None,
         sample_prompts: Sequence[str] = (),
+        backbone: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -35,7 +37,9 @@ class PromptDataModule(L.LightningDataModule):
         self.num_prompts = num_prompts
         self.cache_dir = cache_dir
         self.sample_prompts = list(sample_prompts)
+        self.backbone = dict(backbone) if backbone is not None else None
         self._prompts: list[str] | None = None
+        self._cache = None
 
     def prompts(self) -> list[str]:
         if self._prompts is None:
@@ -51,14 +55,36 @@ class PromptDataModule(L.LightningDataModule):
                 )
         return self._prompts
 
+    def embedding_cache(self):
+        """The text-embedding cache of these prompts (`python -m wadi.cache_prompts`), or None without cache_dir."""
+        if self.cache_dir is None:
+            return None
+        if self._cache is None:
+            from wadi.data.cache import EmbeddingCache, backbone_encoder_hash
+
+            if self.backbone is None:
+                raise ValueError(
+                    "dataset.cache_dir is set but the dataset has no backbone config to key the cache"
+                )
+            self._cache = EmbeddingCache.open(
+                self.cache_dir, backbone_encoder_hash(self.backbone), self.prompts()
+            )
+        return self._cache
+
     def train_dataloader(self) -> DataLoader:
-        from wadi.data.stream import PromptStream
+        from wadi.data.prompts import PromptStream
 
         trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         stream = PromptStream(
-            self.prompts(), self.batch_size, seed=self.seed, start_batch=start, rank=rank, world_size=world
+            self.prompts(),
+            self.batch_size,
+            seed=self.seed,
+            start_batch=start,
+            rank=rank,
+            world_size=world,
+            cache=self.embedding_cache(),
         )
         return DataLoader(stream, batch_size=None, num_workers=0)

@@ -99,6 +99,9 @@ class WaDiModule(L.LightningModule):
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, weight_decay=0.0)
         self.run_config = dict(run_config) if run_config is not None else None
         self._null: Conditioning | None = None
+        # Without a text encoder (training from an embedding cache), prompts outside the batch (sample grids,
+        # evaluation) are looked up here: set by wadi.train to the cache's `lookup`.
+        self.prompt_lookup: Callable[[list[str]], tuple[Tensor, Tensor | None]] | None = None
 
     # ----------------------------------------------------------------- roles and conditioning
     @property
@@ -134,9 +137,12 @@ class WaDiModule(L.LightningModule):
         if batch is not None and "null_embeds" in batch:
             return Conditioning(batch["null_embeds"][:1].to(self._embed_dtype()), batch.get("null_mask"))
         if self._null is None:
-            if self.backbone.text_encoder is None:
+            if self.backbone.text_encoder is not None:
+                embeds, mask = self.backbone.text_encoder.encode([""])
+            elif self.prompt_lookup is not None:
+                embeds, mask = self.prompt_lookup([""])
+            else:
                 raise RuntimeError("no null embedding: load the text encoder or use a cache that stores one")
-            embeds, mask = self.backbone.text_encoder.encode([""])
             self._null = Conditioning(embeds, mask)
         return self._null.to(self.device, self._embed_dtype())
 
@@ -238,6 +244,9 @@ class WaDiModule(L.LightningModule):
         for p in self.backbone.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(dtype)
+        # A bf16 base runs natively in bf16 (autocast off inside the denoiser; adapters still build W' in
+        # float32 arithmetic): autocast's float32 norms would round-trip every activation through memory.
+        self.denoiser.compute_dtype = dtype if dtype == torch.bfloat16 else None
         self._null = None
 
     # ----------------------------------------------------------------- sampling
