@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -153,36 +155,69 @@ def train_classifier(
     noise_std: float = 0.08,
     eval_size: int = 2000,
     log_every: int = 100,
+    pool_images: Tensor | None = None,
+    pool_labels: dict[str, Tensor] | None = None,
+    max_minutes: float | None = None,
 ) -> ToyClassifier:
-    """Train a ToyClassifier on freshly rendered training scenes (never the same image twice).
+    """Train a ToyClassifier on rendered training scenes; returns it in eval mode with its held-out
+    accuracies in `model.heldout_metrics`.
 
+    Without a pool every batch is freshly rendered (never the same image twice, but one Python scene sampler
+    per image caps a GPU at a few hundred steps a second); with `pool_images` (N, 3, 64, 64) uint8 on
+    `device` and their `pool_labels`, batches are drawn from the pre-rendered pool, which keeps a GPU busy.
     Each image gets Gaussian pixel noise of a random std in [0, noise_std]: generated images are never as
-    clean as the renderer's, and the judge must not fall apart on them. One-cycle LR with AdamW.
-    Logs and returns the model in eval mode; its held-out accuracies are in `model.heldout_metrics`.
+    clean as the renderer's, and the judge must not fall apart on them. One-cycle LR with AdamW; with
+    `max_minutes` the schedule runs on wall-clock progress so a time-capped run still ends annealed.
     """
     torch.manual_seed(seed)
+    device = torch.device(device)
     model = ToyClassifier().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
     seed_stream = random.Random(f"wadi-toy-classifier:{seed}")
-    train_range = 2**31
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if (pool_images is None) != (pool_labels is None):
+        raise ValueError("train_classifier: pass both pool_images and pool_labels, or neither")
+    max_seconds = 60.0 * max_minutes if max_minutes else None
+    start = time.time()
     model.train()
+    step = 0
     for step in range(steps):
-        seeds = [seed_stream.randrange(train_range) for _ in range(batch_size)]
-        images, labels = _rendered_batch(seeds, device)
+        progress = step / max(steps, 1)
+        if max_seconds:
+            progress = max(progress, (time.time() - start) / max_seconds)
+            if progress >= 1:
+                break
+        for group in opt.param_groups:
+            group["lr"] = lr * one_cycle(progress)
+        if pool_images is not None:
+            idx = torch.randint(pool_images.shape[0], (batch_size,), device=device, generator=gen)
+            images = pool_images[idx].float() / 127.5 - 1
+            labels = {k: v[idx] for k, v in pool_labels.items()}
+        else:
+            seeds = [seed_stream.randrange(2**31) for _ in range(batch_size)]
+            images, labels = _rendered_batch(seeds, device)
         sigma = noise_std * torch.rand(batch_size, 1, 1, 1, device=device)
         images = images + sigma * torch.randn_like(images)
-        loss = classifier_loss(model(images), labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = classifier_loss(model(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
             log.info("toy classifier step %d/%d loss %.4f", step + 1, steps, loss.item())
+    model.trained_steps = step + 1
     metrics = evaluate_classifier(model, n=eval_size, device=device)
     log.info("toy classifier held-out: %s", json.dumps(metrics))
     model.heldout_metrics = metrics
     return model.eval()
+
+
+def one_cycle(progress: float, warmup: float = 0.15, final: float = 1e-3) -> float:
+    """LR factor: linear warmup to 1 over the first `warmup` of the run, then cosine down to `final`."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return max(progress / warmup, 0.04)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
 def save_classifier(model: ToyClassifier, path: str | Path) -> Path:

@@ -453,6 +453,15 @@ def _fit(
     }
 
 
+def _previous_steps(asset_dir: Path, stage: str) -> int:
+    """Training steps recorded for `stage` in asset_dir/pretrain.json (0 when none)."""
+    path = asset_dir / "pretrain.json"
+    if not path.is_file():
+        return 0
+    info = json.loads(path.read_text()).get(stage, {})
+    return int(info.get("total_steps", info.get("steps", 0)))
+
+
 def _record(asset_dir: Path, stage: str, info: dict[str, Any]) -> None:
     """Merge a stage's report into asset_dir/pretrain.json (how the shipped weights were made)."""
     path = asset_dir / "pretrain.json"
@@ -491,7 +500,18 @@ def run_vae(cfg: DictConfig, pool: ToyPool, out: Path) -> dict[str, Any]:
     return info
 
 
-def run_classifier(cfg: DictConfig, device: torch.device, out: Path) -> dict[str, Any]:
+def pool_labels(pool: ToyPool) -> dict[str, Tensor]:
+    """Per-slot labels (N, 5) of every pool image, read from its caption (what prompt accuracy compares)."""
+    from wadi.toy.world import parse_caption, stack_labels
+
+    labels = stack_labels([parse_caption(c) for c in pool.captions])
+    return {k: v.to(pool.images.device) for k, v in labels.items()}
+
+
+def run_classifier(
+    cfg: DictConfig, device: torch.device, out: Path, pool: ToyPool | None = None
+) -> dict[str, Any]:
+    """Train the toy judge; from the rendered pool when there is one (fast on a GPU), else fresh renders."""
     from wadi.toy.classifier import num_parameters, save_classifier, train_classifier
 
     c = cfg.classifier
@@ -502,13 +522,18 @@ def run_classifier(cfg: DictConfig, device: torch.device, out: Path) -> dict[str
         int(c.batch_size),
         device=device,
         seed=cfg.seed,
+        lr=float(c.get("lr", 3e-3)),
         eval_size=int(c.eval_size),
         log_every=int(cfg.trainer.log_every),
+        pool_images=pool.images if pool is not None else None,
+        pool_labels=pool_labels(pool) if pool is not None else None,
+        max_minutes=c.get("max_minutes"),
     )
     path = save_classifier(model, out / "toy-classifier")
     info = {
         "config": _plain(c),
-        "steps": steps,
+        "steps": int(model.trained_steps),
+        "from_pool": pool is not None,
         "batch_size": int(c.batch_size),
         "wall_s": round(time.time() - start, 1),
         "parameters": num_parameters(model),
@@ -535,25 +560,59 @@ def load_vae(root: Path, device) -> nn.Module:
     )
 
 
+def load_teacher_parts(folder: Path, kind: str) -> tuple[nn.Module, nn.Module]:
+    """(text encoder, denoiser) of a saved toy teacher, in float32 and trainable, to continue training."""
+    from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    denoiser_dir = folder / ("unet" if kind == "sd" else "transformer")
+    if not (denoiser_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{kind}.resume=true needs a saved teacher at {folder} (missing {denoiser_dir}/config.json); "
+            "set init_dir to an asset root holding it, or resume=false to train from scratch"
+        )
+    encoder_cls = CLIPTextModel if kind == "sd" else T5EncoderModel
+    denoiser_cls = UNet2DConditionModel if kind == "sd" else PixArtTransformer2DModel
+    text_encoder = encoder_cls.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    denoiser = denoiser_cls.from_pretrained(denoiser_dir, torch_dtype=torch.float32)
+    return text_encoder.train().requires_grad_(True), denoiser.train().requires_grad_(True)
+
+
 def run_denoiser(
-    cfg: DictConfig, kind: str, pool: ToyPool, vae: nn.Module, latents: tuple[Tensor, Tensor], out: Path
+    cfg: DictConfig,
+    kind: str,
+    pool: ToyPool,
+    vae: nn.Module,
+    latents: tuple[Tensor, Tensor],
+    out: Path,
+    init: Path | None = None,
 ) -> dict[str, Any]:
-    """kind 'sd' (UNet + CLIP) or 'pixart' (PixArt + T5): train jointly, save the pipeline directory."""
+    """kind 'sd' (UNet + CLIP) or 'pixart' (PixArt + T5): train jointly, save the pipeline directory.
+
+    With `init` (an asset root) and `<kind>.resume=true`, training continues from the teacher saved there
+    (a fresh warmup + cosine cycle), so a longer teacher can be built over several time-capped GPU calls.
+    """
     c = cfg[kind]
     steps = _steps(cfg, c)
     L.seed_everything(cfg.seed + (1 if kind == "sd" else 2), verbose=False)
     device = pool.images.device
+    name = "toy-sd" if kind == "sd" else "toy-pixart"
     tokenizer = teachers.build_tokenizer("clip" if kind == "sd" else "t5", int(c.max_length))
-    if kind == "sd":
+    if c.get("resume"):
+        text_encoder, denoiser = load_teacher_parts((init or out) / name, kind)
+    elif kind == "sd":
         text_encoder = teachers.build_clip_text_encoder(tokenizer, **_plain(cfg.arch.clip))
         denoiser = teachers.build_unet(teachers.text_width(text_encoder), **_plain(cfg.arch.unet))
-        stage_cls, extra = UNetStage, {}
     else:
         text_encoder = teachers.build_t5_encoder(tokenizer, **_plain(cfg.arch.t5))
         denoiser = teachers.build_pixart_transformer(
             teachers.text_width(text_encoder), **_plain(cfg.arch.pixart)
         )
+    if kind == "sd":
+        stage_cls, extra = UNetStage, {}
+    else:
         stage_cls, extra = PixArtStage, {"vlb_weight": float(c.vlb_weight)}
+    previous = _previous_steps((init or out) / name, kind) if c.get("resume") else 0
     scheduler = teachers.build_scheduler(kind)
     module = stage_cls(
         denoiser,
@@ -569,12 +628,13 @@ def run_denoiser(
         **_opt(c, steps),
     )
     info = _fit(cfg, module, len(pool), int(c.batch_size), cfg.seed, kind)
+    info["resumed_after_steps"] = previous
+    info["total_steps"] = previous + info["steps"]
     info["parameters"] = {
         "denoiser": teachers.num_parameters(denoiser),
         "text_encoder": teachers.num_parameters(text_encoder),
         "vae": teachers.num_parameters(vae),
     }
-    name = "toy-sd" if kind == "sd" else "toy-pixart"
     parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
     if kind == "sd":
         teachers.save_sd_teacher(out / name, unet=denoiser, **parts)
@@ -601,7 +661,7 @@ def pretrain(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         torch.backends.cudnn.allow_tf32 = True
     reports: dict[str, dict[str, Any]] = {}
     pool = None
-    if any(s in stages for s in ("vae", "sd", "pixart")):
+    if any(s in stages for s in STAGES):
         start = time.time()
         pool = build_pool(int(cfg.data.pool_size), cfg.seed, device, int(cfg.data.workers))
         reports["pool"] = {"images": len(pool), "wall_s": round(time.time() - start, 1)}
@@ -609,13 +669,13 @@ def pretrain(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     if "vae" in stages:
         reports["vae"] = run_vae(cfg, pool, out)
     if "classifier" in stages:
-        reports["classifier"] = run_classifier(cfg, device, out)
+        reports["classifier"] = run_classifier(cfg, device, out, pool)
     diffusion = [s for s in ("sd", "pixart") if s in stages]
     if diffusion:
         vae = load_vae(out if "vae" in stages else src, device)
         latents = encode_pool(vae, pool)
         for kind in diffusion:
-            reports[kind] = run_denoiser(cfg, kind, pool, vae, latents, out)
+            reports[kind] = run_denoiser(cfg, kind, pool, vae, latents, out, init=src)
     if any((out / d).is_dir() for d in ("toy-sd", "toy-pixart", "toy-classifier")):
         write_checksums(out)
     if cfg.get("report_file"):
