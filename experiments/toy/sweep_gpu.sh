@@ -11,7 +11,7 @@ root=/tmp/toy_sweep
 rm -rf $root && mkdir -p $root $out
 pids=()
 for spec in "$@"; do
-  name=${spec%% *}; args=${spec#* }
+  name=${spec%% *}; args=""; [[ "$spec" == *" "* ]] && args=${spec#* }
   ( start=$(date +%s); $py -m wadi.train logger=csv output_root=$root name=$name $args > $root/$name.log 2>&1;
     echo "$? $(( $(date +%s) - start ))" > $root/$name.rc ) &
   pids+=($!)
