@@ -122,15 +122,22 @@ class WaDiModule(L.LightningModule):
         return next(self.denoiser.model.parameters()).dtype
 
     def conditioning(self, batch: Mapping[str, Any]) -> Conditioning:
-        """Prompt conditioning from cached embeddings if the batch has them, else the text encoder."""
+        """Prompt conditioning from cached embeddings if the batch has them, else the text encoder, else the
+        cache's lookup by prompt (sample grids and evaluation when training from a cache)."""
         if "prompt_embeds" in batch:
             return Conditioning(batch["prompt_embeds"].to(self._embed_dtype()), batch.get("prompt_mask"))
-        if self.backbone.text_encoder is None:
+        if self.backbone.text_encoder is not None:
+            embeds, mask = self.backbone.text_encoder.encode(list(batch["prompt"]))
+        elif self.prompt_lookup is not None:
+            embeds, mask = self.prompt_lookup(list(batch["prompt"]))
+        else:
             raise RuntimeError(
                 "batch has no prompt_embeds and the backbone was loaded without a text encoder"
             )
-        embeds, mask = self.backbone.text_encoder.encode(list(batch["prompt"]))
-        return Conditioning(embeds.to(self._embed_dtype()), mask)
+        device = self.device
+        return Conditioning(
+            embeds.to(device, self._embed_dtype()), mask.to(device) if mask is not None else None
+        )
 
     def null_conditioning(self, batch: Mapping[str, Any] | None = None) -> Conditioning:
         """The empty prompt c0 (one row), encoded once."""
