@@ -65,9 +65,14 @@ def resolve_run_dir(cfg: DictConfig) -> str:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str) -> str | None:
+    """None (fresh run), "last" (<run_dir>/checkpoints/last.ckpt, which must exist), "auto" (last.ckpt if it
+    exists, else a fresh run: what a requeued cluster job wants), or a checkpoint path."""
     if ckpt_path in (None, "", "null"):
         return None
-    path = Path(run_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if ckpt_path == "auto":
+        return str(last) if last.is_file() else None
+    path = last if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
     return str(path)
