@@ -16,7 +16,9 @@ from wadi.testing import LossRecorder, tiny_backbone_config
 PROMPTS = ["a red circle at the left", "a small blue square", "the big star", "a cat", "a dog photo"]
 
 
-def compose_cfg(tmp_path: Path, backbone_dir: Path, run: str, cache_dir: Path | None):
+def compose_cfg(
+    tmp_path: Path, backbone_dir: Path, run: str, cache_dir: Path | None, losses: Path | None = None
+):
     source = tmp_path / "prompts.txt"
     source.write_text("\n".join(PROMPTS) + "\n")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -44,6 +46,8 @@ def compose_cfg(tmp_path: Path, backbone_dir: Path, run: str, cache_dir: Path | 
         cfg.backbone = OmegaConf.create(tiny_backbone_config(backbone_dir, "pixart"))
         cfg.dataset.sample_prompts = PROMPTS[:2]
         cfg.cache_shard_size = 2
+        if losses is not None:
+            cfg.callbacks.losses = {"_target_": "wadi.testing.LossRecorder", "path": str(losses)}
     return cfg
 
 
@@ -56,25 +60,13 @@ def test_training_from_the_cache_never_loads_the_text_encoder(tmp_path, tiny_pix
     cache_dir = tmp_path / "cache"
     cache_prompts(compose_cfg(tmp_path, tiny_pixart_dir, "cache_run", cache_dir))
 
-    plain = compose_cfg(tmp_path, tiny_pixart_dir, "plain", None)
-    with open_dict(plain):
-        plain.callbacks.losses = {
-            "_target_": "wadi.testing.LossRecorder",
-            "path": str(tmp_path / "plain.json"),
-        }
-    train(plain)
+    train(compose_cfg(tmp_path, tiny_pixart_dir, "plain", None, losses=tmp_path / "plain.json"))
 
     def refuse(*args, **kwargs):
         raise AssertionError("the text encoder was loaded although a cache was given")
 
     monkeypatch.setattr(loading, "load_text_encoder", refuse)
-    cached = compose_cfg(tmp_path, tiny_pixart_dir, "cached", cache_dir)
-    with open_dict(cached):
-        cached.callbacks.losses = {
-            "_target_": "wadi.testing.LossRecorder",
-            "path": str(tmp_path / "cached.json"),
-        }
-    train(cached)
+    train(compose_cfg(tmp_path, tiny_pixart_dir, "cached", cache_dir, losses=tmp_path / "cached.json"))
 
     a = json.loads((tmp_path / "plain.json").read_text())
     b = json.loads((tmp_path / "cached.json").read_text())

@@ -26,36 +26,14 @@ from wadi.evaluate import ToyPromptEvaluator, measure
 from wadi.images import save_grid
 from wadi.sample import load_generator
 from wadi.toy.assets import toy_asset_path
-from wadi.toy.world import (
-    BRIGHTNESS_JITTER,
-    HELDOUT_SEEDS,
-    POSITION_JITTER,
-    ROTATION_JITTER,
-    SCALE_JITTER,
-    TINT_JITTER,
-    ToyScene,
-    parse_caption,
-    render,
-    sample_scene,
-)
+from wadi.toy.world import HELDOUT_SEEDS, ToyScene, parse_caption, render, sample_jitter, sample_scene
 
 
 def scene_for_caption(text: str, seed: int) -> ToyScene:
     """A real scene that shows `text`: the caption's objects with the world's jitter ranges, drawn from
     `seed`, on the background of held-out scene `seed`."""
     rng = random.Random(f"wadi-toy-real:{seed}")
-    objects = tuple(
-        replace(
-            o,
-            dx=rng.uniform(-POSITION_JITTER, POSITION_JITTER),
-            dy=rng.uniform(-POSITION_JITTER, POSITION_JITTER),
-            scale=rng.uniform(*SCALE_JITTER),
-            rotation=rng.uniform(-ROTATION_JITTER, ROTATION_JITTER),
-            brightness=rng.uniform(*BRIGHTNESS_JITTER),
-            tint=tuple(rng.uniform(-TINT_JITTER, TINT_JITTER) for _ in range(3)),
-        )
-        for o in parse_caption(text).objects
-    )
+    objects = tuple(replace(o, **sample_jitter(rng)) for o in parse_caption(text).objects)
     background = sample_scene(HELDOUT_SEEDS[seed % len(HELDOUT_SEEDS)]).background
     return ToyScene(objects, background)
 

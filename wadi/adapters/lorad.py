@@ -46,10 +46,14 @@ def rotate_pairs(weight: Tensor, theta: Tensor) -> Tensor:
     return rotated.flatten(-2)  # (out, in)
 
 
+def rotate_unwrapped(weight: Tensor, theta: Tensor, dtype: torch.dtype) -> Tensor:
+    """W' in `dtype` from W and unwrapped Theta (out, in/2), the arithmetic in float32 (the torch formula)."""
+    return rotate_pairs(weight.float(), wrap_angle(theta.float())).to(dtype)
+
+
 def lorad_weight(weight: Tensor, lorad_A: Tensor, lorad_B: Tensor) -> Tensor:
     """W' for angles Theta = wrap(A @ B); computed in float32, returned in the weight's dtype."""
-    theta = wrap_angle(lorad_A.float() @ lorad_B.float())  # (out, in/2)
-    return rotate_pairs(weight.float(), theta).to(weight.dtype)
+    return rotate_unwrapped(weight, lorad_A.float() @ lorad_B.float(), weight.dtype)
 
 
 # ----------------------------------------------------------------- the fused rotation (training forward)
@@ -114,7 +118,7 @@ def _rotate(weight: Tensor, theta: Tensor, dtype: torch.dtype) -> Tensor:
         n_pairs = theta.numel()
         _rotate_fwd_kernel[(triton.cdiv(n_pairs, _BLOCK),)](weight, theta, out, n_pairs, BLOCK=_BLOCK)
         return out
-    return rotate_pairs(weight.float(), wrap_angle(theta.float())).to(dtype)
+    return rotate_unwrapped(weight, theta, dtype)
 
 
 def _rotate_grad(weight: Tensor, theta: Tensor, grad: Tensor) -> Tensor:
@@ -164,8 +168,7 @@ def rotated_weight(
     """
     dtype = dtype or weight.dtype
     if torch.compiler.is_compiling() or not FUSED_ROTATION:
-        theta = _theta(lorad_A, lorad_B, dtype)
-        return rotate_pairs(weight.float(), wrap_angle(theta.float())).to(dtype)
+        return rotate_unwrapped(weight, _theta(lorad_A, lorad_B, dtype), dtype)
     return _RotatedWeight.apply(weight, lorad_A, lorad_B, dtype)
 
 

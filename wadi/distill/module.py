@@ -126,17 +126,20 @@ class WaDiModule(L.LightningModule):
         cache's lookup by prompt (sample grids and evaluation when training from a cache)."""
         if "prompt_embeds" in batch:
             return Conditioning(batch["prompt_embeds"].to(self._embed_dtype()), batch.get("prompt_mask"))
-        if self.backbone.text_encoder is not None:
-            embeds, mask = self.backbone.text_encoder.encode(list(batch["prompt"]))
-        elif self.prompt_lookup is not None:
-            embeds, mask = self.prompt_lookup(list(batch["prompt"]))
-        else:
-            raise RuntimeError(
-                "batch has no prompt_embeds and the backbone was loaded without a text encoder"
-            )
+        embeds, mask = self._encode_prompts(list(batch["prompt"]))
         device = self.device
         return Conditioning(
             embeds.to(device, self._embed_dtype()), mask.to(device) if mask is not None else None
+        )
+
+    def _encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        """(embeds, mask) from the text encoder, else from the embedding cache's lookup (training from a cache)."""
+        if self.backbone.text_encoder is not None:
+            return self.backbone.text_encoder.encode(prompts)
+        if self.prompt_lookup is not None:
+            return self.prompt_lookup(prompts)
+        raise RuntimeError(
+            "no text encoder and no embedding cache to look prompts up in: load the text encoder or set cache_dir"
         )
 
     def null_conditioning(self, batch: Mapping[str, Any] | None = None) -> Conditioning:
@@ -144,12 +147,7 @@ class WaDiModule(L.LightningModule):
         if batch is not None and "null_embeds" in batch:
             return Conditioning(batch["null_embeds"][:1].to(self._embed_dtype()), batch.get("null_mask"))
         if self._null is None:
-            if self.backbone.text_encoder is not None:
-                embeds, mask = self.backbone.text_encoder.encode([""])
-            elif self.prompt_lookup is not None:
-                embeds, mask = self.prompt_lookup([""])
-            else:
-                raise RuntimeError("no null embedding: load the text encoder or use a cache that stores one")
+            embeds, mask = self._encode_prompts([""])
             self._null = Conditioning(embeds, mask)
         return self._null.to(self.device, self._embed_dtype())
 

@@ -143,6 +143,18 @@ def _muted_color(rng: random.Random) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.08, 0.38))
 
 
+def sample_jitter(rng: random.Random) -> dict[str, object]:
+    """One object's pose and appearance jitter (ToyObject fields), drawn from `rng` in a fixed order."""
+    return {
+        "dx": rng.uniform(-POSITION_JITTER, POSITION_JITTER),
+        "dy": rng.uniform(-POSITION_JITTER, POSITION_JITTER),
+        "scale": rng.uniform(*SCALE_JITTER),
+        "rotation": rng.uniform(-ROTATION_JITTER, ROTATION_JITTER),
+        "brightness": rng.uniform(*BRIGHTNESS_JITTER),
+        "tint": tuple(rng.uniform(-TINT_JITTER, TINT_JITTER) for _ in range(3)),
+    }
+
+
 def sample_scene(seed: int) -> ToyScene:
     """The scene of `seed`; the same on every machine and Python version (random.Random(int))."""
     rng = random.Random(seed)
@@ -154,12 +166,7 @@ def sample_scene(seed: int) -> ToyScene:
             color=rng.choice(COLORS),
             size=rng.choice(SIZES),
             position=POSITIONS[slot],
-            dx=rng.uniform(-POSITION_JITTER, POSITION_JITTER),
-            dy=rng.uniform(-POSITION_JITTER, POSITION_JITTER),
-            scale=rng.uniform(*SCALE_JITTER),
-            rotation=rng.uniform(-ROTATION_JITTER, ROTATION_JITTER),
-            brightness=rng.uniform(*BRIGHTNESS_JITTER),
-            tint=tuple(rng.uniform(-TINT_JITTER, TINT_JITTER) for _ in range(3)),
+            **sample_jitter(rng),  # after shape, colour, size: the draw order fixes every seed's scene
         )
         for slot in slots
     )
