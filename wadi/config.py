@@ -16,6 +16,13 @@ def _precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
+def _cuda() -> bool:
+    """Whether a CUDA device is present: GPU-only speed levers (fused AdamW, cudnn.benchmark) key on it."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _toy_asset(name: str) -> str:
     from wadi.toy.assets import toy_asset_path
 
@@ -27,7 +34,12 @@ def _conf_path(relative: str) -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("wadi_precision", _precision), ("toy_asset", _toy_asset), ("conf_path", _conf_path)):
+    for name, fn in (
+        ("wadi_precision", _precision),
+        ("wadi_cuda", _cuda),
+        ("toy_asset", _toy_asset),
+        ("conf_path", _conf_path),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

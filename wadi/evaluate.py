@@ -371,6 +371,7 @@ def _load_generator(cfg: DictConfig, device: torch.device) -> Generate:
         schedule_steps=cfg.get("schedule_steps", 25),
         teacher_guidance=cfg.get("teacher_guidance", 0.0),
         teacher=cfg.get("teacher"),
+        compile=cfg.get("compile", False),
     )
 
 

@@ -36,6 +36,7 @@ class Generator:
         schedule_steps: int = 25,
         teacher_guidance: float = 0.0,
         teacher: Backbone | None = None,
+        compile: bool = False,
     ) -> None:
         self.backbone = backbone
         self.hybrid_k = hybrid_k
@@ -47,6 +48,21 @@ class Generator:
         self.guidance_scale = guidance_scale
         self.batch_size = batch_size
         self.module = module
+        self.compiled = False
+        if compile:
+            self.compile()
+
+    def compile(self, backend="inductor") -> Generator:
+        """torch.compile the denoiser and VAE decoder (static shapes: every batch is padded to `batch_size`).
+
+        ~1.5 min of warm-up for ~2x throughput on an H100 (experiments/bench/RESULTS.md): worth it for
+        evaluation-sized runs, not for a handful of images.
+        """
+        from wadi.speed import compile_sampler
+
+        compile_sampler(self.backbone, backend=backend)
+        self.compiled = True
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -95,8 +111,19 @@ class Generator:
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            x0 = self.latents(prompts[i : i + self.batch_size], seeds[i : i + self.batch_size])
-            out.append(self.backbone.decode(x0).cpu())
+            chunk_prompts, chunk_seeds = (
+                list(prompts[i : i + self.batch_size]),
+                list(seeds[i : i + self.batch_size]),
+            )
+            n = len(chunk_prompts)
+            if self.compiled and n < self.batch_size:  # pad, so the compiled graphs see one shape only
+                pad = self.batch_size - n
+                chunk_prompts, chunk_seeds = (
+                    chunk_prompts + chunk_prompts[-1:] * pad,
+                    chunk_seeds + chunk_seeds[-1:] * pad,
+                )
+            x0 = self.latents(chunk_prompts, chunk_seeds)
+            out.append(self.backbone.decode(x0)[:n].cpu())
         return torch.cat(out)
 
 
@@ -134,11 +161,13 @@ def load_generator(
     schedule_steps: int = 25,
     teacher_guidance: float = 0.0,
     teacher: str | Path | None = None,
+    compile: bool = False,
 ) -> Generator:
     """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir.
 
     hybrid_k > 0: hybrid sampling, the teacher's first k of `schedule_steps` DDIM steps then the student. A
     checkpoint carries its teacher (the adapter-free base); a merged export needs `teacher=<dir>`.
+    compile: torch.compile the denoiser and VAE decoder once on `device` (`Generator.compile`).
     """
     hybrid = {"hybrid_k": hybrid_k, "schedule_steps": schedule_steps, "teacher_guidance": teacher_guidance}
     path = Path(str(model)).expanduser()
@@ -154,7 +183,8 @@ def load_generator(
         gen = Generator(
             module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module, **hybrid
         )
-        return gen.to(device)
+        gen = gen.to(device)
+        return gen.compile() if compile else gen
     info_path = path / EXPORT_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     if info is None and teacher_steps is None:
@@ -170,9 +200,10 @@ def load_generator(
                 "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
             )
         teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
-    return Generator(
+    gen = Generator(
         backbone, None, teacher_steps, guidance_scale, batch_size, teacher=teacher_bb, **hybrid
     ).to(device)
+    return gen.compile() if compile else gen
 
 
 def load_module_from_checkpoint(path: str | Path):
@@ -208,6 +239,7 @@ def main(cfg: DictConfig) -> None:
         schedule_steps=cfg.schedule_steps,
         teacher_guidance=cfg.teacher_guidance,
         teacher=cfg.teacher,
+        compile=cfg.compile,
     )
     images = gen(prompts, seeds)
     out = Path(cfg.out)

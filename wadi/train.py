@@ -97,6 +97,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from hydra.utils import instantiate
 
     from wadi.callbacks.checkpoint_io import AtomicCheckpointIO
+    from wadi.distributed import is_sharded
     from wadi.export import export_adapters, export_merged
 
     if int(cfg.rank) < 1 or int(cfg.fake_rank) < 1:
@@ -141,8 +142,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     if cfg.export and trainer.is_global_zero:
         export_dir = Path(run_dir) / "export"
-        objects["adapters"] = export_adapters(module, export_dir / "adapters.safetensors")
-        objects["merged"] = export_merged(module, export_dir / "merged")
+        # trainer=fsdp leaves the base in shards: merge into a whole base rebuilt from disk instead.
+        whole = _whole_copy(cfg, module) if is_sharded(module) else module
+        objects["adapters"] = export_adapters(whole, export_dir / "adapters.safetensors")
+        objects["merged"] = export_merged(whole, export_dir / "merged")
     if trainer.is_global_zero:
         print(f"\nwadi: run finished at step {trainer.global_step}. Results in {run_dir}/")
         print(f"  config        {run_dir}/config.yaml")
@@ -153,6 +156,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             print(f"  merged model  {objects['merged']}  (stock diffusers, one step)")
             print(f"  sample        python -m wadi.sample model={objects['merged']} prompts='[\"...\"]'")
     return metrics, objects
+
+
+def _whole_copy(cfg: DictConfig, module):
+    """The run's adapters (and EMA) on a whole frozen base loaded from disk, in the trained base's dtype."""
+    import torch
+
+    fresh = _instantiate_plain(cfg.module, _convert_="all", load_text_encoder=False)
+    keep = module.adapter_keys()
+    adapters = {k: v.detach().cpu() for k, v in module.state_dict().items() if k in keep}
+    missing = keep - set(adapters)
+    if missing:
+        raise RuntimeError(
+            f"export: {len(missing)} adapter tensors not found on rank 0, e.g. {sorted(missing)[:3]}"
+        )
+    fresh.load_state_dict(adapters, strict=False)
+    frozen = next(p for p in module.denoiser.model.parameters() if not p.requires_grad)
+    if frozen.dtype != torch.float32:
+        fresh.cast_frozen(frozen.dtype)
+    return fresh
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -6,7 +6,10 @@ values) and runs, with the same weights, the same noise and the same text embedd
   stock    StableDiffusionPipeline, DDIM trailing, num_inference_steps=1, guidance 1.0, output_type="pt"
   wadi     wadi.sampling.one_step + Backbone.decode (what wadi.sample runs for an export), eager
   wadi+cl  the same with channels_last weights and activations
-  wadi+compile  channels_last, torch.compile(mode="reduce-overhead": CUDA graphs) of U-Net and VAE decoder
+  wadi+cudnn  cudnn.benchmark (conv algorithm autotuning)
+  wadi+compile  torch.compile(fullgraph) of U-Net and VAE decoder (shapes are static: one graph per batch)
+  wadi+compile+graphs  the same with mode="reduce-overhead" (CUDA graphs)
+Options combine with "+"; every variant's images are compared with stock's.
 Every variant's images are compared with stock's (max abs difference, PSNR on [0, 1] images).
 
     python experiments/bench/bench_onestep.py --batches 1 32 --variants stock wadi wadi+compile
@@ -87,7 +90,15 @@ def stock_pipeline(unet, vae):
 class WadiOneStep:
     """wadi's one-step path: one_step on the merged U-Net, then Backbone.decode."""
 
-    def __init__(self, unet, vae, latent_size: int, channels_last: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        unet,
+        vae,
+        latent_size: int,
+        channels_last: bool = False,
+        compile: bool = False,
+        graphs: bool = False,
+    ):
         from diffusers import DDPMScheduler
 
         alphas = DDPMScheduler(**SD_SCHEDULE).alphas_cumprod.to(unet.device)
@@ -104,9 +115,10 @@ class WadiOneStep:
         if channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
-        if compile:
-            unet.compile(mode="reduce-overhead", fullgraph=True)
-            vae.decoder.compile(mode="reduce-overhead", fullgraph=True)
+        if compile:  # what `wadi.sample compile=true` does
+            from wadi.speed import compile_sampler
+
+            compile_sampler(self.backbone, mode="reduce-overhead" if graphs else None)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
@@ -179,13 +191,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     ).images
             else:
                 opts = set(variant.split("+")[1:])
+                unknown = opts - {"cl", "cudnn", "compile", "graphs"}
+                if unknown:
+                    raise SystemExit(f"variant {variant!r}: unknown options {sorted(unknown)}")
                 gen = WadiOneStep(
-                    unet, vae, latent, channels_last=bool(opts & {"cl", "compile"}), compile="compile" in opts
+                    unet, vae, latent, "cl" in opts, compile="compile" in opts, graphs="graphs" in opts
                 )
 
                 def fn(gen=gen, z=z, embeds=embeds):
                     return gen(z.clone(), embeds)
 
+            torch.backends.cudnn.benchmark = "cudnn" in variant.split("+")
             try:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)

@@ -14,6 +14,7 @@ A variant is a spec string: `ref` or `wadi`, then `+option`s:
   cudnn     cudnn.benchmark (conv algorithm autotuning)
   cl        channels_last (U-Net only)
   compile   regional torch.compile (one compiled region per ResNet / transformer block / resampler)
+  cfgcompile  `wadi.speed.compile_frozen_passes`: the no-grad teacher / fake-score CFG passes as one graph per role
   profile   profile one extra step and break its GPU time down by kernel kind
 `wadi+autocast+unfused` is the module as it was before this benchmark's changes.
 
@@ -47,7 +48,18 @@ from wadi.backbones import Backbone, BackboneConfig, PixArtDenoiser, UNetDenoise
 
 H100_DENSE_BF16 = 989e12
 
-OPTIONS = {"ckpt", "fp32base", "autocast", "unfused", "fadam", "cudnn", "cl", "compile", "profile"}
+OPTIONS = {
+    "ckpt",
+    "fp32base",
+    "autocast",
+    "unfused",
+    "fadam",
+    "cudnn",
+    "cl",
+    "compile",
+    "cfgcompile",
+    "profile",
+}
 
 
 @dataclass(frozen=True)
@@ -287,8 +299,14 @@ def summarize_profile(prof) -> dict:
         kinds[kind] = kinds.get(kind, 0.0) + t
     total = sum(per_kernel.values())
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25]
+    # The host side: where the step's CPU time goes (self time per op), to see whether launches bind it.
+    cpu = sorted(
+        ((e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()), key=lambda kv: -kv[1]
+    )[:30]
     return {
         "gpu_ms": total / 1e3,
+        "cpu_self_ms": sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3,
+        "top_cpu_ops_ms": [(k[:100], round(t / 1e3, 2), n) for k, t, n in cpu],
         "by_kind_ms": {k: round(v / 1e3, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top_kernels_ms": [(name[:120], round(t / 1e3, 2)) for name, t in top],
     }
@@ -326,6 +344,10 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
             denoiser.model.to(memory_format=torch.channels_last)
         if variant.has("compile"):
             info["compiled_regions"] = compile_regions(denoiser.model)
+        if variant.has("cfgcompile"):
+            from wadi.speed import compile_frozen_passes
+
+            compile_frozen_passes(denoiser)
         info["compute_dtype"] = str(denoiser.compute_dtype)
         info["base_dtype"] = str(next(denoiser.model.parameters()).dtype)
         info["trainable"] = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
@@ -579,7 +601,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             count = (
                 variant.impl == "wadi"
                 and arch_name not in counted
-                and not (variant.options & {"ckpt", "compile"})
+                and not (variant.options & {"ckpt", "compile", "cfgcompile"})
             )
             try:
                 row = measure(arch_name, variant, args, count)
@@ -593,6 +615,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if "profile" in row:
                 prof = row["profile"]
                 print(f"profile {arch_name} {variant.name}: {json.dumps(prof['by_kind_ms'])}", flush=True)
+                print(
+                    f"profile {arch_name} {variant.name} GPU {prof['gpu_ms']:.0f} ms, host self "
+                    f"{prof['cpu_self_ms']:.0f} ms; top host ops: {json.dumps(prof['top_cpu_ops_ms'][:12])}",
+                    flush=True,
+                )
             if args.out:
                 with (args.out / "results.jsonl").open("a") as f:
                     f.write(json.dumps({**header, **row}) + "\n")

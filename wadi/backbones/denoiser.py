@@ -23,6 +23,8 @@ class Denoiser(nn.Module):
         # Autocast runs every GroupNorm/LayerNorm in float32 and casts back for the next conv or linear:
         # round trips through memory in a memory-bound network (experiments/bench).
         self.compute_dtype: torch.dtype | None = None
+        # Set by `wadi.speed.compile_frozen_passes`: a compiled `model` for the no-grad CFG passes.
+        self.compiled_model: nn.Module | None = None
 
     @property
     def in_channels(self) -> int:
@@ -34,13 +36,19 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None = None) -> Tensor:
         """Predicted epsilon for x_t (B, C, h, w) at integer timesteps t (B,), with adapter `adapter`."""
+        return self._run(self.model, x_t, t, cond, adapter)
+
+    def _run(
+        self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
+    ) -> Tensor:
         with use_adapter(adapter):
             if self.compute_dtype is None:
-                return self._eps(x_t, t, cond)
+                return self._eps(model, x_t, t, cond)
             with torch.autocast(x_t.device.type, enabled=False):
-                return self._eps(x_t.to(self.compute_dtype), t, cond.to(dtype=self.compute_dtype))
+                return self._eps(model, x_t.to(self.compute_dtype), t, cond.to(dtype=self.compute_dtype))
 
-    def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+    def _eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """epsilon from `model` (the diffusers model, or its compiled graph): the kind-specific call."""
         raise NotImplementedError
 
     def cfg(
@@ -52,12 +60,20 @@ class Denoiser(nn.Module):
         scale: float,
         adapter: str | None,
     ) -> Tensor:
-        """Classifier-free guidance e_u + w (e_c - e_u), with cond and uncond in one batched forward."""
+        """Classifier-free guidance e_u + w (e_c - e_u), with cond and uncond in one batched forward.
+
+        Without gradients (the teacher and fake-score passes of VSD) this runs the compiled graph if one is set.
+        """
+        model = (
+            self.compiled_model
+            if (self.compiled_model is not None and not torch.is_grad_enabled())
+            else self.model
+        )
         if scale == 1.0:
-            return self(x_t, t, cond, adapter)
+            return self._run(model, x_t, t, cond, adapter)
         batch = x_t.shape[0]
         both = Conditioning.cat([uncond.expand(batch) if len(uncond) == 1 else uncond, cond])
-        eps = self(torch.cat([x_t, x_t]), torch.cat([t, t]), both, adapter)
+        eps = self._run(model, torch.cat([x_t, x_t]), torch.cat([t, t]), both, adapter)
         e_u, e_c = eps.chunk(2)
         return e_u + scale * (e_c - e_u)
 
@@ -65,14 +81,14 @@ class Denoiser(nn.Module):
 class UNetDenoiser(Denoiser):
     """Stable Diffusion's UNet2DConditionModel (SD1.5, SD2.1, toy-sd)."""
 
-    def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        return self.model(x_t, t, encoder_hidden_states=cond.embeds, return_dict=False)[0]
+    def _eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return model(x_t, t, encoder_hidden_states=cond.embeds, return_dict=False)[0]
 
 
 class PixArtDenoiser(Denoiser):
     """PixArtTransformer2DModel; learned-sigma outputs are split and only epsilon is kept."""
 
-    def _eps(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+    def _eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         config = self.model.config
         added = {"resolution": None, "aspect_ratio": None}
         if config.use_additional_conditions:
@@ -82,7 +98,7 @@ class PixArtDenoiser(Denoiser):
                 "resolution": x_t.new_tensor([[side, side]]).expand(x_t.shape[0], 2),
                 "aspect_ratio": x_t.new_tensor([[1.0]]).expand(x_t.shape[0], 1),
             }
-        out = self.model(
+        out = model(
             x_t,
             encoder_hidden_states=cond.embeds,
             encoder_attention_mask=cond.mask,

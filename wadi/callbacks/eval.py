@@ -61,7 +61,7 @@ class EvalCallback(L.Callback):
         pl_module.eval()
         try:
             metrics = evaluate_prompts(pl_module.generate, self.evaluator, self._prompts(), self.batch_size)
-            grid = self._grid(trainer, pl_module, step) if trainer.is_global_zero else None
+            grid = self._grid(trainer, pl_module, step)  # every rank (fsdp: collective forward), rank 0 saves
         finally:
             pl_module.train(was_training)
         self.history[step] = metrics
@@ -82,10 +82,12 @@ class EvalCallback(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         return out
 
-    def _grid(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path:
+    def _grid(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path | None:
         """The first `grid_size` evaluation prompts with their seeds: the same images at every step."""
         prompts = self._prompts()[: self.grid_size]
         images = pl_module.generate([p.caption for p in prompts], [p.seed for p in prompts])
+        if not trainer.is_global_zero:
+            return None
         return save_grid(images.float().cpu(), self._dir(trainer) / f"step{step:07d}.png")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

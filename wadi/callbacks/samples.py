@@ -29,7 +29,8 @@ class SampleGridCallback(L.Callback):
         self.seed = seed
 
     def _grid(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not self.prompts or not trainer.is_global_zero:
+        # Every rank generates (under trainer=fsdp the forward gathers shards: a collective); rank 0 saves.
+        if not self.prompts:
             return
         prompts = [p for p in self.prompts for _ in range(self.seeds_per_prompt)]
         seeds = [self.seed + i for i in range(len(prompts))]
@@ -38,6 +39,8 @@ class SampleGridCallback(L.Callback):
         with torch.no_grad():
             images = module.generate(prompts, seeds)
         module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         out = (
             Path(self.dirpath or trainer.default_root_dir) / "samples" / f"step{trainer.global_step:07d}.png"
         )

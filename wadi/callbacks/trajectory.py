@@ -70,7 +70,8 @@ class TrajectoryCallback(L.Callback):
         return decode_trajectory(backbone, latents)
 
     def _save(self, trainer: L.Trainer, pl_module) -> None:
-        if not self.prompts or not trainer.is_global_zero:
+        # Every rank generates (under trainer=fsdp the forward gathers shards: a collective); rank 0 saves.
+        if not self.prompts:
             return
         was_training = pl_module.training
         pl_module.eval()
@@ -78,6 +79,8 @@ class TrajectoryCallback(L.Callback):
             images = self.trajectory_images(pl_module)
         finally:
             pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         root = Path(self.dirpath or trainer.default_root_dir)
         out = root / "trajectories" / f"step{trainer.global_step:07d}.png"
         save_grid(images.flatten(0, 1), out, nrow=images.shape[1])
