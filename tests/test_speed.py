@@ -71,3 +71,18 @@ def test_compiled_sampler_pads_the_last_batch_and_matches_eager(tiny_sd_cfg):
     assert images.shape == eager.shape
     torch.testing.assert_close(images, eager, rtol=1e-4, atol=1e-4)
     assert backend.graphs == 2  # denoiser and VAE decoder, once each: the ragged last batch was padded
+
+
+def test_compile_config_key_reaches_the_module(tiny_sd_cfg):
+    """`compile=true` in the run config compiles the frozen passes at setup (lazily: nothing traced yet)."""
+    from hydra import compose, initialize_config_dir
+
+    from wadi.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["compile=true"])
+    assert cfg.module.compile_frozen is True
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_frozen=cfg.module.compile_frozen)
+    assert m.denoiser.compiled_model is None
+    m.setup("fit")
+    assert m.denoiser.compiled_model is not None

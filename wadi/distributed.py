@@ -94,6 +94,7 @@ class AdapterFSDPStrategy(AdapterDDPStrategy):
 
             mesh = init_device_mesh(self.root_device.type, (self.world_size,))
             shard_frozen_base(module.denoiser.model, mesh)
+            module.denoiser.group_rotations = False  # whole weights exist only inside each block's forward
         super().model_to_device()
 
     def configure_ddp(self) -> None:

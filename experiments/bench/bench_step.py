@@ -13,8 +13,10 @@ A variant is a spec string: `ref` or `wadi`, then `+option`s:
   fadam     fused AdamW
   cudnn     cudnn.benchmark (conv algorithm autotuning)
   cl        channels_last (U-Net only)
+  ungrouped each layer rotates its own weight (wadi's default builds every W' of a pass up front, one
+            launch per group of same-shape layers)
   compile   regional torch.compile (one compiled region per ResNet / transformer block / resampler)
-  cfgcompile  `wadi.speed.compile_frozen_passes`: the no-grad teacher / fake-score CFG passes as one graph per role
+  cfgcompile  wadi's `compile=true`: the no-grad teacher / fake-score CFG passes as one compiled graph per role
   profile   profile one extra step and break its GPU time down by kernel kind
 `wadi+autocast+unfused` is the module as it was before this benchmark's changes.
 
@@ -49,6 +51,7 @@ from wadi.backbones import Backbone, BackboneConfig, PixArtDenoiser, UNetDenoise
 H100_DENSE_BF16 = 989e12
 
 OPTIONS = {
+    "ungrouped",
     "ckpt",
     "fp32base",
     "autocast",
@@ -330,6 +333,7 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         guidance_scale=cfg.guidance_scale,
         optimizer=optimizer,
         gradient_checkpointing=variant.has("ckpt"),
+        compile_frozen=variant.has("cfgcompile"),
         base_dtype="float32" if variant.has("fp32base") else "auto",
         load_text_encoder=False,
     )
@@ -340,14 +344,14 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         denoiser = pl_module.denoiser
         if variant.has("autocast"):
             denoiser.compute_dtype = None
+        if variant.has("ungrouped"):
+            denoiser.group_rotations = False
+        info["group_rotations"] = denoiser.group_rotations
         if variant.has("cl"):
             denoiser.model.to(memory_format=torch.channels_last)
         if variant.has("compile"):
             info["compiled_regions"] = compile_regions(denoiser.model)
-        if variant.has("cfgcompile"):
-            from wadi.speed import compile_frozen_passes
 
-            compile_frozen_passes(denoiser)
         info["compute_dtype"] = str(denoiser.compute_dtype)
         info["base_dtype"] = str(next(denoiser.model.parameters()).dtype)
         info["trainable"] = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
@@ -491,6 +495,25 @@ def check_rotation(device: torch.device) -> dict:
     def rel(x, y):
         return float((x - y).norm() / y.norm())
 
+    # The grouped path (a stack of same-shape layers in one launch) against the per-layer one.
+    Ws = [torch.randn(out_f, in_f, device=device).bfloat16() for _ in range(3)]
+    As = [(torch.randn(out_f, r, device=device) * 0.05).requires_grad_() for _ in range(3)]
+    Bs = [torch.randn(r, in_f // 2, device=device).mul(0.02).requires_grad_() for _ in range(3)]
+    Gs = [torch.randn(out_f, in_f, device=device).bfloat16() for _ in range(3)]
+    per_layer = [lorad.rotated_weight(w, a, b, torch.bfloat16) for w, a, b in zip(Ws, As, Bs)]
+    sum((w.float() * g.float()).sum() for w, g in zip(per_layer, Gs)).backward()
+    ref_grads = [p.grad.clone() for p in As + Bs]
+    for p in As + Bs:
+        p.grad = None
+    stacked = lorad._RotatedWeight.apply(torch.stack(As), torch.stack(Bs), torch.bfloat16, tuple(Ws)).unbind(
+        0
+    )
+    sum((w.float() * g.float()).sum() for w, g in zip(stacked, Gs)).backward()
+    grouped = {
+        "W_max_rel": max(rel(w.detach().double(), p.detach().double()) for w, p in zip(stacked, per_layer)),
+        "grad_max_rel": max(rel(p.grad.double(), g.double()) for p, g in zip(As + Bs, ref_grads)),
+    }
+
     out = {}
     for fused, (w, ga, gb) in result.items():
         tag = "fused" if fused else "torch"
@@ -500,6 +523,7 @@ def check_rotation(device: torch.device) -> dict:
             "dB_rel": rel(gb, B64.grad),
             "finite": bool(torch.isfinite(w).all()),
         }
+    out["grouped_vs_per_layer"] = grouped
     return out
 
 

@@ -149,3 +149,43 @@ def test_two_adapters_one_base_and_target_selection():
     unmerge_adapter(model)
     with use_adapter("generator"):
         assert torch.allclose(ff(x), outs["generator"])
+
+
+def test_grouped_rotation_equals_per_layer_forward_and_grads(tiny_sd_cfg, monkeypatch):
+    """The pass-level, shape-batched rotation gives the per-layer outputs and gradients, and replaces it."""
+    import wadi.adapters.lorad as lorad_mod
+    from wadi.backbones import Conditioning, load_backbone
+
+    torch.manual_seed(0)
+    backbone = load_backbone(tiny_sd_cfg, load_text=False, load_vae=False)
+    cfg = backbone.cfg
+    model = backbone.denoiser.model
+    add_lorad(model, "generator", 4, cfg.targets("generator"))
+    params = adapter_parameters(model, "generator")
+    with torch.no_grad():
+        for p in params:
+            p.normal_(std=0.3)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    cond = Conditioning(torch.randn(2, 16, 32))
+    calls = []
+    per_layer = lorad_mod.rotated_weight
+    monkeypatch.setattr(lorad_mod, "rotated_weight", lambda *a, **k: calls.append(1) or per_layer(*a, **k))
+
+    def run(grouped: bool):
+        backbone.denoiser.group_rotations = grouped
+        for p in params:
+            p.grad = None
+        calls.clear()
+        out = backbone.denoiser(x, t, cond, "generator")
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in params], len(calls)
+
+    ref_out, ref_grads, ref_calls = run(grouped=False)
+    out, grads, n_calls = run(grouped=True)
+    groups = backbone.denoiser._groups["generator"]
+    n_layers = sum(len(g) for g in groups)
+    assert ref_calls == n_layers and n_calls == 0  # every layer took its precomputed W'
+    assert len(groups) < n_layers  # same-shape layers really share a launch
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)

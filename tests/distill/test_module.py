@@ -118,6 +118,7 @@ def test_gradient_checkpointing_gives_same_gradients(cfg_name, request):
     randomize(plain.fake_score_parameters())
     ckpt = copy.deepcopy(plain)
     ckpt.denoiser.enable_gradient_checkpointing()
+    assert ckpt.denoiser.group_rotations  # recomputation reuses the pass's precomputed W'
     grads = []
     for m in (plain, ckpt):
         m.train()

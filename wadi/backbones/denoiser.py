@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from wadi.adapters.context import role_preserving_checkpoint, use_adapter
+from wadi.adapters.lorad import LoRaDLinear, rotation_groups, rotation_scope
 from wadi.backbones.conditioning import Conditioning
 
 
@@ -25,6 +26,10 @@ class Denoiser(nn.Module):
         self.compute_dtype: torch.dtype | None = None
         # Set by `wadi.speed.compile_frozen_passes`: a compiled `model` for the no-grad CFG passes.
         self.compiled_model: nn.Module | None = None
+        # Build every adapted layer's W' at the start of a pass, batched over same-shape layers (checkpointed
+        # blocks recompute with the same W'; off under FSDP, whose weights are whole only inside a block).
+        self.group_rotations = True
+        self._groups: dict[str, list] = {}
 
     @property
     def in_channels(self) -> int:
@@ -41,11 +46,24 @@ class Denoiser(nn.Module):
     def _run(
         self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
     ) -> Tensor:
+        groups = self._rotation_groups(adapter)
+        device = x_t.device.type
         with use_adapter(adapter):
             if self.compute_dtype is None:
-                return self._eps(model, x_t, t, cond)
-            with torch.autocast(x_t.device.type, enabled=False):
+                dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+                with rotation_scope(groups, adapter, dtype):
+                    return self._eps(model, x_t, t, cond)
+            with torch.autocast(device, enabled=False), rotation_scope(groups, adapter, self.compute_dtype):
                 return self._eps(model, x_t.to(self.compute_dtype), t, cond.to(dtype=self.compute_dtype))
+
+    def _rotation_groups(self, adapter: str | None) -> list | None:
+        """Adapter `adapter`'s layers grouped by shape (built once per adapter), or None when grouping is off."""
+        if adapter is None or not self.group_rotations or torch.compiler.is_compiling():
+            return None
+        if adapter not in self._groups:
+            layers = [m for m in self.model.modules() if isinstance(m, LoRaDLinear)]
+            self._groups[adapter] = rotation_groups(layers, adapter)
+        return self._groups[adapter]
 
     def _eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """epsilon from `model` (the diffusers model, or its compiled graph): the kind-specific call."""

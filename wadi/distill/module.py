@@ -25,6 +25,7 @@ from wadi.distill.ema import EMA
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss, vsd_gradient
 from wadi.distributed import sync_gradients
 from wadi.sampling import one_step, seeded_noise
+from wadi.speed import compile_frozen_passes
 
 GENERATOR = "generator"
 FAKE_SCORE = "fake_score"
@@ -72,6 +73,7 @@ class WaDiModule(L.LightningModule):
         fake_uncond_prob: float = 0.1,
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
+        compile_frozen: bool = False,
         base_dtype: str = "auto",
         seed: int = 0,
         load_text_encoder: bool = True,
@@ -243,6 +245,8 @@ class WaDiModule(L.LightningModule):
         }[self.hparams.base_dtype]
         if dtype is not None:
             self.cast_frozen(dtype)
+        if self.hparams.compile_frozen and self.denoiser.compiled_model is None:
+            compile_frozen_passes(self.denoiser)  # after the cast: the graphs are traced in the base's dtype
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Store frozen weights (denoiser, VAE, text encoder) in `dtype`; adapters stay float32."""
