@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from wadi.config import CONF_DIR
-from wadi.testing import save_tiny_pipeline
+from wadi.testing import save_tiny_pipeline, two_process_train
 
 RANK_DUMP = """
 import sys, torch
@@ -28,36 +23,18 @@ class Dump(Callback):
 def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
     model = save_tiny_pipeline(tmp_path / "model", "unet")
     (tmp_path / "dumpcb.py").write_text(RANK_DUMP)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{CONF_DIR.parent}"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "wadi.train",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        "logger=csv",
-        "backbone=sd15",
-        f"backbone.pretrained={model}",
-        "backbone.arch_config=null",
-        "backbone.latent_size=8",
-        "backbone.resolution=16",
-        "backbone.text_max_length=16",
-        "dataset=toy",
-        "dataset.num_prompts=64",
+    out = two_process_train(
+        model,
+        tmp_path,
+        "ddp",
         "dataset.sample_prompts=[]",
-        "batch_size=2",
-        "max_steps=3",
-        "rank=4",
         "export=false",
         f"run_dir={tmp_path / 'run'}",
         "~callbacks.progress",
         "~callbacks.sample_grid",
         "+callbacks.dump._target_=dumpcb.Dump",
         f"+callbacks.dump.path={tmp_path}",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=CONF_DIR.parent)
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     # The ranks saw different prompts and noise; only averaged gradients keep their adapters equal.

@@ -4,15 +4,11 @@ sync, and the export merges into a whole base rebuilt from disk."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from wadi.config import CONF_DIR
-from wadi.testing import save_tiny_pipeline
+from wadi.testing import save_tiny_pipeline, two_process_train
 
 RANK_DUMP = """
 import torch
@@ -37,35 +33,17 @@ class Dump(Callback):
 def test_two_process_fsdp_shards_the_base_and_keeps_adapters_in_sync(tmp_path):
     model = save_tiny_pipeline(tmp_path / "model", "unet")
     (tmp_path / "dumpcb.py").write_text(RANK_DUMP)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{CONF_DIR.parent}"}
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "wadi.train",
-        "trainer=fsdp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        "logger=csv",
-        "backbone=sd15",
-        f"backbone.pretrained={model}",
-        "backbone.arch_config=null",
-        "backbone.latent_size=8",
-        "backbone.resolution=16",
-        "backbone.text_max_length=16",
-        "dataset=toy",
-        "dataset.num_prompts=64",
+    out = two_process_train(
+        model,
+        tmp_path,
+        "fsdp",
         "dataset.sample_prompts=[a red circle]",
-        "batch_size=2",
-        "max_steps=3",
-        "rank=4",
         f"run_dir={run}",
         "~callbacks.progress",
         "+callbacks.dump._target_=dumpcb.Dump",
         f"+callbacks.dump.path={tmp_path}",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=CONF_DIR.parent)
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for r in (r0, r1):

@@ -222,3 +222,41 @@ class LossRecorder:
                 self.path.write_text(json.dumps(rows))
 
         return _Recorder(path)
+
+
+def two_process_train(model_dir, tmp_path, trainer: str, *overrides: str, timeout: int = 400):
+    """Run `python -m wadi.train trainer=<trainer>` as 2 CPU processes (gloo) on a tiny SD directory.
+
+    `tmp_path` goes on PYTHONPATH, so a callback module written there can be named in `overrides`.
+    Returns the finished `subprocess.CompletedProcess`.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from wadi.config import CONF_DIR
+
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{CONF_DIR.parent}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "wadi.train",
+        f"trainer={trainer}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "logger=csv",
+        "backbone=sd15",
+        f"backbone.pretrained={model_dir}",
+        "backbone.arch_config=null",
+        "backbone.latent_size=8",
+        "backbone.resolution=16",
+        "backbone.text_max_length=16",
+        "dataset=toy",
+        "dataset.num_prompts=64",
+        "batch_size=2",
+        "max_steps=3",
+        "rank=4",
+        *overrides,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=CONF_DIR.parent)
