@@ -4,7 +4,8 @@
 # 256 / 512 px at batch 16. Each part has a time limit so the call ends inside the device limit; logs go to
 # files, not pipes (torch.compile's worker processes would hold a pipe open past the limit).
 #   bash experiments/bench/run_gpu.sh $OUT
-# Env: ONE_VARIANTS / SD_PLAN / PIX_PLAN (set empty to skip a part), ONE_BATCHES, *_S time limits, *_BUDGET.
+# Env: ONE_VARIANTS / SD_PLAN / PIX_PLAN (set empty to skip a part), ONE_BATCHES, *_S time limits, *_BUDGET;
+# SCALE_DEVICES="1 2 4" adds the weak-scaling run (bench_scaling.py) on a multi-GPU kind.
 set -uo pipefail
 out=$1
 export PYTHONUNBUFFERED=1
@@ -26,4 +27,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a hard time limit, log to $ou
   --plan "sd15:${SD_PLAN:-ref,ref+ckpt,wadi,wadi+ckpt,wadi+autocast+unfused,wadi+fadam+cudnn,wadi+fadam+cudnn+ckpt}"
 [ "${PIX_PLAN-x}" = "" ] || part step_pixart ${PIX_S:-120} $py experiments/bench/bench_step.py \
   --budget ${PIX_BUDGET:-90} --out $out/step --plan "${PIX_PLAN:-pixart256:ref,wadi,wadi+ckpt;pixart512:wadi+ckpt}"
+# Weak scaling (multi-GPU kinds only): SCALE_DEVICES="1 2" (or "1 2 4"), SCALE_ARCH, SCALE_S.
+[ -z "${SCALE_DEVICES-}" ] || part scaling ${SCALE_S:-500} $py experiments/bench/bench_scaling.py \
+  --arch ${SCALE_ARCH:-sd15} --devices $SCALE_DEVICES --strategies ddp fsdp --out $out/scaling
 ls -R $out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,17 @@ def test_triton_kernels_in_interpreter_mode():
         [sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_scaling_bench_runs_two_processes_and_reports_efficiency(tmp_path):
+    """The weak-scaling runner end to end with 2 CPU processes (gloo): one row per point, efficiency vs 1."""
+    script = BENCH.parent / "bench_scaling.py"
+    cmd = [sys.executable, str(script), "--arch", "tiny_sd", "--device", "cpu", "--devices", "1", "2"]
+    cmd += ["--strategies", "ddp", "--batch", "2", "--warmup", "1", "--steps", "2", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=BENCH.parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "scaling.jsonl").read_text().splitlines()]
+    assert [(r["strategy"], r["devices"]) for r in rows] == [("ddp", 1), ("ddp", 2)], out.stderr[-2000:]
+    assert rows[1]["img_per_s"] == pytest.approx(2 * 2 / (rows[1]["step_ms"] / 1e3))  # global: 2 ranks x 2
+    assert "| tiny_sd | ddp | False | 2 |" in out.stdout
