@@ -6,6 +6,7 @@ fails), routing and recompiles on CPU in seconds; the speed itself is measured i
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from wadi.distill.module import WaDiModule
@@ -86,3 +87,13 @@ def test_compile_config_key_reaches_the_module(tiny_sd_cfg):
     assert m.denoiser.compiled_model is None
     m.setup("fit")
     assert m.denoiser.compiled_model is not None
+
+
+def test_fsdp_refuses_compiled_passes(tiny_sd_cfg):
+    from wadi.distributed import check_fsdp_compatible
+
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_frozen=True)
+    check_fsdp_compatible(m)  # nothing compiled yet: fine
+    m.setup("fit")
+    with pytest.raises(ValueError, match="compile=true is not supported with trainer=fsdp"):
+        check_fsdp_compatible(m)

@@ -77,6 +77,15 @@ def is_sharded(module: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
+def check_fsdp_compatible(module) -> None:
+    """Refuse what `trainer=fsdp` does not support yet, naming the key to change."""
+    if getattr(module.denoiser, "compiled_model", None) is not None:
+        raise ValueError(
+            "compile=true is not supported with trainer=fsdp (a compiled graph over FSDP-sharded blocks is "
+            "untested here); use trainer=ddp with compile=true, or compile=false"
+        )
+
+
 class AdapterFSDPStrategy(AdapterDDPStrategy):
     """For backbones whose frozen base does not fit one GPU: FSDP2 shards the base across ranks.
 
@@ -90,6 +99,7 @@ class AdapterFSDPStrategy(AdapterDDPStrategy):
     def model_to_device(self) -> None:
         module = self.lightning_module
         if module is not None and not is_sharded(module):
+            check_fsdp_compatible(module)
             from torch.distributed.device_mesh import init_device_mesh
 
             mesh = init_device_mesh(self.root_device.type, (self.world_size,))
