@@ -111,17 +111,12 @@ class Generator:
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            chunk_prompts, chunk_seeds = (
-                list(prompts[i : i + self.batch_size]),
-                list(seeds[i : i + self.batch_size]),
-            )
+            chunk_prompts = list(prompts[i : i + self.batch_size])
+            chunk_seeds = list(seeds[i : i + self.batch_size])
             n = len(chunk_prompts)
-            if self.compiled and n < self.batch_size:  # pad, so the compiled graphs see one shape only
-                pad = self.batch_size - n
-                chunk_prompts, chunk_seeds = (
-                    chunk_prompts + chunk_prompts[-1:] * pad,
-                    chunk_seeds + chunk_seeds[-1:] * pad,
-                )
+            if self.compiled:  # pad the last batch, so the compiled graphs see one shape only
+                chunk_prompts += chunk_prompts[-1:] * (self.batch_size - n)
+                chunk_seeds += chunk_seeds[-1:] * (self.batch_size - n)
             x0 = self.latents(chunk_prompts, chunk_seeds)
             out.append(self.backbone.decode(x0)[:n].cpu())
         return torch.cat(out)

@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,24 +41,13 @@ def worker(args) -> None:
     """One (strategy, devices) point; rank 0 appends its row to <out>/scaling.jsonl."""
     import lightning as L
 
-    from wadi.backbones import Backbone
-    from wadi.distill.module import WaDiModule
-
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}" if args.device == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     arch = bs.ARCHES[args.arch]
-    cfg = bs.backbone_config(args.arch, arch)
-    backbone = Backbone(cfg, bs.wrapper(arch)(bs.build_model(arch, device)), bs.alphas_cumprod(arch, device))
-    module = WaDiModule(
-        backbone,
-        rank=cfg.default_rank,
-        fake_rank=32,
-        guidance_scale=cfg.guidance_scale,
-        optimizer=partial(torch.optim.AdamW, weight_decay=0.0, fused=device.type == "cuda" or None),
-        gradient_checkpointing=args.ckpt,
-        load_text_encoder=False,
+    module = bs.build_wadi_module(
+        args.arch, device, fused_adamw=device.type == "cuda", gradient_checkpointing=args.ckpt
     )
     clock = bs.StepClock(device)
     steps = args.warmup + args.steps

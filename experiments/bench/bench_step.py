@@ -316,26 +316,39 @@ def summarize_profile(prof) -> dict:
 
 
 # ----------------------------------------------------------------------------- one variant
+def build_wadi_module(
+    arch_name: str, device: torch.device, rank: int | None = None, fused_adamw: bool = False, **kw
+):
+    """wadi's `WaDiModule` on the full-size random-init `arch_name` backbone (fake rank 32, the backbone's
+    rank and CFG scale); `kw` goes to the module (checkpointing, compile, base dtype)."""
+    from wadi.distill.module import WaDiModule
+
+    arch = ARCHES[arch_name]
+    cfg = backbone_config(arch_name, arch)
+    backbone = Backbone(cfg, wrapper(arch)(build_model(arch, device)), alphas_cumprod(arch, device))
+    return WaDiModule(
+        backbone,
+        rank=rank or cfg.default_rank,
+        fake_rank=32,
+        guidance_scale=cfg.guidance_scale,
+        optimizer=partial(torch.optim.AdamW, weight_decay=0.0, fused=fused_adamw or None),
+        load_text_encoder=False,
+        **kw,
+    )
+
+
 def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepClock) -> dict:
     import lightning as L
 
-    from wadi.distill.module import WaDiModule
-
     device = torch.device(args.device)
-    cfg = backbone_config(arch_name, arch)
-    model = build_model(arch, device)
-    backbone = Backbone(cfg, wrapper(arch)(model), alphas_cumprod(arch, device))
-    optimizer = partial(torch.optim.AdamW, weight_decay=0.0, fused=variant.has("fadam") or None)
-    module = WaDiModule(
-        backbone,
-        rank=args.rank or cfg.default_rank,
-        fake_rank=32,
-        guidance_scale=cfg.guidance_scale,
-        optimizer=optimizer,
+    module = build_wadi_module(
+        arch_name,
+        device,
+        rank=args.rank,
+        fused_adamw=variant.has("fadam"),
         gradient_checkpointing=variant.has("ckpt"),
         compile_frozen=variant.has("cfgcompile"),
         base_dtype="float32" if variant.has("fp32base") else "auto",
-        load_text_encoder=False,
     )
     info: dict = {}
 

@@ -187,9 +187,8 @@ def rotated_weight(
     Under torch.compile the plain formula is traced instead, so the compiler fuses it into its own kernels.
     """
     dtype = dtype or weight.dtype
-    if torch.compiler.is_compiling() or not FUSED_ROTATION:
-        return rotate_unwrapped(weight, _theta(lorad_A, lorad_B, dtype), dtype)
-    if weight.requires_grad:  # not in WaDi; the frozen-weight Function has no gradient for W
+    # A trainable W (not in WaDi) also takes the formula: the Function has no gradient for W.
+    if torch.compiler.is_compiling() or not FUSED_ROTATION or weight.requires_grad:
         return rotate_unwrapped(weight, _theta(lorad_A, lorad_B, dtype), dtype)
     return _RotatedWeight.apply(lorad_A, lorad_B, dtype, (weight,))
 
@@ -214,15 +213,10 @@ def prerotate(groups: list[list[LoRaDLinear]], name: str, dtype: torch.dtype | N
     weights: dict[int, Tensor] = {}
     for group in groups:
         adapters = [layer.lorad[name] for layer in group]
-        out_dtype = dtype or group[0].base_weight.dtype
-        if len(group) == 1:
-            a = adapters[0]
-            rotated = [_RotatedWeight.apply(a.lorad_A, a.lorad_B, out_dtype, (group[0].base_weight,))]
-        else:
-            A = torch.stack([a.lorad_A for a in adapters])
-            B = torch.stack([a.lorad_B for a in adapters])
-            base = tuple(layer.base_weight for layer in group)
-            rotated = _RotatedWeight.apply(A, B, out_dtype, base).unbind(0)
+        A = torch.stack([a.lorad_A for a in adapters])
+        B = torch.stack([a.lorad_B for a in adapters])
+        base = tuple(layer.base_weight for layer in group)
+        rotated = _RotatedWeight.apply(A, B, dtype or base[0].dtype, base).unbind(0)
         weights.update((id(layer), w) for layer, w in zip(group, rotated))
     return weights
 

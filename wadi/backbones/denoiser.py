@@ -58,7 +58,7 @@ class Denoiser(nn.Module):
 
     def _rotation_groups(self, adapter: str | None) -> list | None:
         """Adapter `adapter`'s layers grouped by shape (built once per adapter), or None when grouping is off."""
-        if adapter is None or not self.group_rotations or torch.compiler.is_compiling():
+        if adapter is None or not self.group_rotations:
             return None
         if adapter not in self._groups:
             layers = [m for m in self.model.modules() if isinstance(m, LoRaDLinear)]
