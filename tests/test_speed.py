@@ -82,18 +82,70 @@ def test_compile_config_key_reaches_the_module(tiny_sd_cfg):
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["compile=true"])
-    assert cfg.module.compile_frozen is True
-    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_frozen=cfg.module.compile_frozen)
+    assert cfg.module.compile_passes is True
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes=cfg.module.compile_passes)
     assert m.denoiser.compiled_model is None
     m.setup("fit")
-    assert m.denoiser.compiled_model is not None
+    assert m.denoiser.compiled_model is not None and not m.denoiser.compile_grad_passes
+
+
+def test_compile_all_reaches_the_module_and_bad_values_are_refused(tiny_sd_cfg):
+    from hydra import compose, initialize_config_dir
+
+    from wadi.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["compile=all"])
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes=cfg.module.compile_passes)
+    m.setup("fit")
+    assert m.denoiser.compiled_model is not None and m.denoiser.compile_grad_passes
+    with pytest.raises(ValueError, match="compile must be false, true .* or all"):
+        WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes="grad")
+    with pytest.raises(ValueError, match="compile=all with gradient_checkpointing=true"):
+        WaDiModule(
+            backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes="all", gradient_checkpointing=True
+        )
 
 
 def test_fsdp_refuses_compiled_passes(tiny_sd_cfg):
     from wadi.distributed import check_fsdp_compatible
 
-    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_frozen=True)
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes=True)
     check_fsdp_compatible(m)  # nothing compiled yet: fine
     m.setup("fit")
-    with pytest.raises(ValueError, match="compile=true is not supported with trainer=fsdp"):
+    with pytest.raises(ValueError, match="compile=true / compile=all is not supported with trainer=fsdp"):
         check_fsdp_compatible(m)
+
+
+def test_compiled_training_passes_match_eager_gradients(tiny_sd_cfg):
+    """With grad passes compiled, eps and the adapters' gradients equal eager; one graph per training role."""
+    from wadi.speed import compile_training_passes
+
+    torch.manual_seed(0)
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2)
+    for params in (m.generator_parameters(), m.fake_score_parameters()):
+        _randomize(params)
+    cond = m.conditioning({"prompt": ["a red circle", "a blue square"]})
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    roles = {"generator": m.generator_parameters(), "fake_score": m.fake_score_parameters()}
+
+    def eps_and_grads(role):
+        params = roles[role]
+        for p in params:
+            p.grad = None
+        eps = m.denoiser(x, t, cond, role)
+        eps.square().mean().backward()
+        return eps.detach(), [p.grad.clone() for p in params]
+
+    eager = {role: eps_and_grads(role) for role in roles}
+    backend = CountingBackend()
+    compile_training_passes(m.denoiser, backend=backend)
+    for role, (eps, grads) in eager.items():
+        got_eps, got_grads = eps_and_grads(role)
+        torch.testing.assert_close(got_eps, eps)
+        for got, expected in zip(got_grads, grads, strict=True):
+            torch.testing.assert_close(got, expected)
+    assert backend.graphs == 2
+    with torch.no_grad():
+        m.denoiser(x, t, cond, "generator")  # a no-grad pass outside cfg (sample grids): eager
+    assert backend.graphs == 2

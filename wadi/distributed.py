@@ -81,8 +81,8 @@ def check_fsdp_compatible(module) -> None:
     """Refuse what `trainer=fsdp` does not support yet, naming the key to change."""
     if getattr(module.denoiser, "compiled_model", None) is not None:
         raise ValueError(
-            "compile=true is not supported with trainer=fsdp (a compiled graph over FSDP-sharded blocks is "
-            "untested here); use trainer=ddp with compile=true, or compile=false"
+            "compile=true / compile=all is not supported with trainer=fsdp (a compiled graph over "
+            "FSDP-sharded blocks is untested here); use trainer=ddp with compile, or compile=false"
         )
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+# The `compile` key of a training run: off, the no-grad CFG passes (true), or every VSD pass (all).
+COMPILE_CHOICES = (False, True, "all")
 # One static-shape graph per module; fullgraph: a graph break is an error, not a silent slowdown.
 STATIC = {"fullgraph": True, "dynamic": False}
 
@@ -39,3 +41,13 @@ def compile_frozen_passes(denoiser, backend: str | Callable = "inductor") -> Non
     """Route `denoiser.cfg`'s no-grad passes (teacher and fake score inside VSD) through a compiled graph."""
     # Not an nn.Module attribute: registered, it would duplicate every key of the state dict.
     object.__setattr__(denoiser, "compiled_model", torch.compile(denoiser.model, backend=backend, **STATIC))
+
+
+def compile_training_passes(denoiser, backend: str | Callable = "inductor") -> None:
+    """Also route the passes with gradients (generator and fake-score forward+backward) through the graph.
+
+    One more graph per role that trains; AOTAutograd compiles each one's backward with it.
+    """
+    if denoiser.compiled_model is None:
+        compile_frozen_passes(denoiser, backend=backend)
+    denoiser.compile_grad_passes = True

@@ -17,7 +17,9 @@ A variant is a spec string: `ref` or `wadi`, then `+option`s:
             launch per group of same-shape layers)
   compile   regional torch.compile (one compiled region per ResNet / transformer block / resampler)
   cfgcompile  wadi's `compile=true`: the no-grad teacher / fake-score CFG passes as one compiled graph per role
-  profile   profile one extra step and break its GPU time down by kernel kind
+  gradcompile  wadi's `compile=all`: the passes with gradients (generator, fake score) compiled too
+  flash     SDPA restricted to the flash-attention backend (default: PyTorch's choice, cuDNN on H100)
+  profile   profile one extra step and break its GPU time down by kernel kind and by op + input shapes
 `wadi+autocast+unfused` is the module as it was before this benchmark's changes.
 
     python experiments/bench/bench_step.py --plan "sd15:ref,ref+ckpt,wadi,wadi+ckpt" --out results/
@@ -61,6 +63,8 @@ OPTIONS = {
     "cl",
     "compile",
     "cfgcompile",
+    "gradcompile",
+    "flash",
     "profile",
 }
 
@@ -237,7 +241,8 @@ class StepClock:
             self._mode.__enter__()
         elif index == self.profile_at:
             self._mode = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+                record_shapes=True,
             )
             self._mode.__enter__()
         self._t0 = time.perf_counter()
@@ -306,8 +311,15 @@ def summarize_profile(prof) -> dict:
     cpu = sorted(
         ((e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()), key=lambda kv: -kv[1]
     )[:30]
+    # Which op (and on which shapes) each GPU microsecond belongs to: names the line behind a kernel.
+    ops = prof.key_averages(group_by_input_shape=True)
+    by_shape = sorted(ops, key=lambda e: -e.self_device_time_total)[:40]
     return {
         "gpu_ms": total / 1e3,
+        "top_ops_by_shape_ms": [
+            (e.key[:60], str(e.input_shapes)[:160], round(e.self_device_time_total / 1e3, 2), e.count)
+            for e in by_shape
+        ],
         "cpu_self_ms": sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3,
         "top_cpu_ops_ms": [(k[:100], round(t / 1e3, 2), n) for k, t, n in cpu],
         "by_kind_ms": {k: round(v / 1e3, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
@@ -347,7 +359,7 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         rank=args.rank,
         fused_adamw=variant.has("fadam"),
         gradient_checkpointing=variant.has("ckpt"),
-        compile_frozen=variant.has("cfgcompile"),
+        compile_passes="all" if variant.has("gradcompile") else variant.has("cfgcompile"),
         base_dtype="float32" if variant.has("fp32base") else "auto",
     )
     info: dict = {}
@@ -388,7 +400,8 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
     )
     lorad.FUSED_ROTATION = not variant.has("unfused")
     try:
-        trainer.fit(module, loader)
+        with sdpa_backend(variant):
+            trainer.fit(module, loader)
     finally:
         lorad.FUSED_ROTATION = True
         torch.backends.cudnn.benchmark = False
@@ -396,6 +409,15 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
     info["loss_generator"] = float(metrics["train/loss_generator"])
     info["loss_fake_score"] = float(metrics["train/loss_fake_score"])
     return info
+
+
+def sdpa_backend(variant: Variant):
+    """The `flash` option: SDPA may use the flash-attention kernels only (forward and backward)."""
+    if not variant.has("flash"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
 
 
 def run_reference(arch_name: str, arch: Arch, variant: Variant, args, clock: StepClock) -> dict:
@@ -423,10 +445,11 @@ def run_reference(arch_name: str, arch: Arch, variant: Variant, args, clock: Ste
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
     steps = args.warmup + args.steps + (1 if clock.profile_at is not None else 0)
-    for i in range(steps):
-        clock.start(i)
-        loss_g, loss_f = ref.step(batch, rng)
-        clock.stop(i)
+    with sdpa_backend(variant):
+        for i in range(steps):
+            clock.start(i)
+            loss_g, loss_f = ref.step(batch, rng)
+            clock.stop(i)
     return {
         "dtype": str(dtype),
         "trainable": sum(p.numel() for p in ref.gen_params + ref.fake_params),
@@ -638,7 +661,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             count = (
                 variant.impl == "wadi"
                 and arch_name not in counted
-                and not (variant.options & {"ckpt", "compile", "cfgcompile"})
+                and not (variant.options & {"ckpt", "compile", "cfgcompile", "gradcompile"})
             )
             try:
                 row = measure(arch_name, variant, args, count)
@@ -652,6 +675,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if "profile" in row:
                 prof = row["profile"]
                 print(f"profile {arch_name} {variant.name}: {json.dumps(prof['by_kind_ms'])}", flush=True)
+                for op in prof["top_ops_by_shape_ms"]:
+                    print(f"profile op {json.dumps(op)}", flush=True)
                 print(
                     f"profile {arch_name} {variant.name} GPU {prof['gpu_ms']:.0f} ms, host self "
                     f"{prof['cpu_self_ms']:.0f} ms; top host ops: {json.dumps(prof['top_cpu_ops_ms'][:12])}",

@@ -24,8 +24,10 @@ class Denoiser(nn.Module):
         # Autocast runs every GroupNorm/LayerNorm in float32 and casts back for the next conv or linear:
         # round trips through memory in a memory-bound network (experiments/bench).
         self.compute_dtype: torch.dtype | None = None
-        # Set by `wadi.speed.compile_frozen_passes`: a compiled `model` for the no-grad CFG passes.
+        # Set by `wadi.speed.compile_frozen_passes`: a compiled `model` for the no-grad CFG passes, and with
+        # `compile_grad_passes` (`wadi.speed.compile_training_passes`) for every pass that runs with gradients.
         self.compiled_model: nn.Module | None = None
+        self.compile_grad_passes = False
         # Build every adapted layer's W' at the start of a pass, batched over same-shape layers (checkpointed
         # blocks recompute with the same W'; off under FSDP, whose weights are whole only inside a block).
         self.group_rotations = True
@@ -41,7 +43,19 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None = None) -> Tensor:
         """Predicted epsilon for x_t (B, C, h, w) at integer timesteps t (B,), with adapter `adapter`."""
-        return self._run(self.model, x_t, t, cond, adapter)
+        return self._run(self._model_for(cfg_pass=False), x_t, t, cond, adapter)
+
+    def _model_for(self, cfg_pass: bool) -> nn.Module:
+        """The compiled graph for the VSD passes it was made for, else the eager model.
+
+        No-grad passes outside `cfg` (sample grids, evaluation) stay eager: their batch shapes would each
+        compile a graph of their own.
+        """
+        if self.compiled_model is None:
+            return self.model
+        if torch.is_grad_enabled():
+            return self.compiled_model if self.compile_grad_passes else self.model
+        return self.compiled_model if cfg_pass else self.model
 
     def _run(
         self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
@@ -82,11 +96,7 @@ class Denoiser(nn.Module):
 
         Without gradients (the teacher and fake-score passes of VSD) this runs the compiled graph if one is set.
         """
-        model = (
-            self.compiled_model
-            if (self.compiled_model is not None and not torch.is_grad_enabled())
-            else self.model
-        )
+        model = self._model_for(cfg_pass=True)
         if scale == 1.0:
             return self._run(model, x_t, t, cond, adapter)
         batch = x_t.shape[0]

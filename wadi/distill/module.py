@@ -25,7 +25,7 @@ from wadi.distill.ema import EMA
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss, vsd_gradient
 from wadi.distributed import sync_gradients
 from wadi.sampling import one_step, seeded_noise
-from wadi.speed import compile_frozen_passes
+from wadi.speed import COMPILE_CHOICES, compile_frozen_passes, compile_training_passes
 
 GENERATOR = "generator"
 FAKE_SCORE = "fake_score"
@@ -73,7 +73,7 @@ class WaDiModule(L.LightningModule):
         fake_uncond_prob: float = 0.1,
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
-        compile_frozen: bool = False,
+        compile_passes: bool | str = False,
         base_dtype: str = "auto",
         seed: int = 0,
         load_text_encoder: bool = True,
@@ -84,6 +84,17 @@ class WaDiModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold adapters only; the frozen base comes from disk
         prebuilt = isinstance(backbone, Backbone)
         self.save_hyperparameters(ignore=["optimizer", "run_config"] + (["backbone"] if prebuilt else []))
+        if compile_passes not in COMPILE_CHOICES:
+            raise ValueError(
+                f"compile must be false, true (the no-grad teacher / fake-score passes) or all (every VSD "
+                f"pass, with gradients too), got {compile_passes!r}"
+            )
+        if compile_passes == "all" and gradient_checkpointing:
+            raise ValueError(
+                "compile=all with gradient_checkpointing=true is not supported (checkpointed blocks inside "
+                "the compiled graph are untested); use compile=all for speed or gradient_checkpointing=true "
+                "for memory"
+            )
         for role, r in ((GENERATOR, rank), (FAKE_SCORE, fake_rank)):
             if int(r) < 1:
                 raise ValueError(f"{'rank' if role == GENERATOR else 'fake_rank'} must be >= 1, got {r}")
@@ -245,8 +256,11 @@ class WaDiModule(L.LightningModule):
         }[self.hparams.base_dtype]
         if dtype is not None:
             self.cast_frozen(dtype)
-        if self.hparams.compile_frozen and self.denoiser.compiled_model is None:
-            compile_frozen_passes(self.denoiser)  # after the cast: the graphs are traced in the base's dtype
+        # After the cast: the graphs are traced in the base's dtype.
+        if self.hparams.compile_passes == "all" and not self.denoiser.compile_grad_passes:
+            compile_training_passes(self.denoiser)
+        elif self.hparams.compile_passes is True and self.denoiser.compiled_model is None:
+            compile_frozen_passes(self.denoiser)
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Store frozen weights (denoiser, VAE, text encoder) in `dtype`; adapters stay float32."""
