@@ -298,7 +298,8 @@ def summarize_profile(prof) -> dict:
 
     per_kernel: dict[str, float] = {}  # microseconds
     for evt in prof.events():
-        if evt.device_type == DeviceType.CUDA and evt.name:
+        # "## Call CompiledFxGraph ... ##" is a range around a compiled graph's kernels, not a kernel.
+        if evt.device_type == DeviceType.CUDA and evt.name and not evt.name.startswith("## "):
             per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + float(evt.time_range.elapsed_us())
     kinds: dict[str, float] = {}
     for name, t in per_kernel.items():
