@@ -1,14 +1,16 @@
 """torch.compile where it pays, measured in experiments/bench (issue 6).
 
-Two places, both frozen forward passes with static shapes:
+Whole-model graphs with static shapes, in three places:
 - sampling: the denoiser (merged export, or the generator adapter) and the VAE decoder, whole-graph.
   On one H100 at batch 32 this is 1.96x stock diffusers' one-step throughput for ~90 s of warm-up;
-- training (`compile=true`): the no-grad CFG passes of the teacher and the fake score inside the
-  generator step (`Denoiser.cfg`), whole-graph, one graph per role: 1.11x the SD1.5 step (479 -> 433 ms)
-  for ~100 s of warm-up. It paid nothing (0.99x) while the step was bound by the host issuing per-layer
-  rotations; it pays since those are batched (`wadi.adapters.lorad.prerotate`). The passes with
-  gradients stay eager: compiling them regionally, for every role, did not finish in 8 minutes on the
-  16-core GPU host, against the issue's ~2 minutes (experiments/bench/RESULTS.md).
+- training, `compile=true`: the no-grad CFG passes of the teacher and the fake score inside the generator
+  step (`Denoiser.cfg`), whole-graph, one graph per role: 1.11x the SD1.5 step (479 -> 433 ms) for ~100 s
+  of warm-up. It paid nothing (0.99x) while the step was bound by the host issuing per-layer rotations;
+  it pays since those are batched (`wadi.adapters.lorad.prerotate`).
+- training, `compile=all`: the generator and fake-score passes with gradients too, through the same
+  compiled model (one more graph per training role; AOTAutograd compiles its backward): 1.30x the eager
+  SD1.5 step (478 -> 367 ms) and 2.9 GiB less peak memory, for ~5.6 min of compilation. Regional
+  compilation of every block for every role had not finished in 8 minutes (experiments/bench/RESULTS.md).
 
 Compiled graphs take parameters as inputs, so adapter updates never trigger a recompile; a new batch
 size or role does (once), which is why the sampler pads its last batch.
