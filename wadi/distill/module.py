@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from wadi.adapters.inject import adapter_parameters, add_lorad
@@ -261,6 +262,12 @@ class WaDiModule(L.LightningModule):
             compile_training_passes(self.denoiser)
         elif self.hparams.compile_passes is True and self.denoiser.compiled_model is None:
             compile_frozen_passes(self.denoiser)
+        else:
+            return
+        rank_zero_info(
+            f"compile={str(self.hparams.compile_passes).lower()}: the first steps compile the VSD passes "
+            "(on an H100: ~1.5 min for true, ~5 min for all; experiments/bench/RESULTS.md)"
+        )
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Store frozen weights (denoiser, VAE, text encoder) in `dtype`; adapters stay float32."""
