@@ -6,6 +6,8 @@ fails), routing and recompiles on CPU in seconds; the speed itself is measured i
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -57,6 +59,54 @@ def test_compiled_cfg_passes_match_eager_and_only_run_without_grad(tiny_sd_cfg):
     m.denoiser.cfg(x, t, cond, uncond, 3.0, "fake_score")  # with grad: eager, no new graph
     assert backend.graphs == 2
     assert set(m.state_dict()) == keys  # the compiled graph is not a registered submodule
+
+
+@pytest.mark.parametrize("cfg_name", ["tiny_sd_cfg", "tiny_pixart_cfg"])
+def test_compile_all_vsd_step_matches_eager(cfg_name, request):
+    """The module's own generator and fake-score steps under compile=all: the same losses and gradients."""
+    from wadi.speed import compile_training_passes
+
+    torch.manual_seed(0)
+    eager = WaDiModule(backbone=request.getfixturevalue(cfg_name), rank=4, fake_rank=2)
+    _randomize(eager.generator_parameters())
+    _randomize(eager.fake_score_parameters())
+    compiled = copy.deepcopy(eager)
+    backend = CountingBackend()
+    compile_training_passes(compiled.denoiser, backend=backend)
+    results = []
+    for m in (eager, compiled):
+        rng = torch.Generator().manual_seed(7)
+        cond = m.conditioning({"prompt": ["a red circle", "a blue square"]})
+        uncond = m.null_conditioning()
+        gen = m.generator_step(cond, uncond, rng)
+        fake = m.fake_score_step(gen["x0"], cond, uncond, rng)
+        (gen["loss"] + fake["loss"]).backward()
+        params = m.generator_parameters() + m.fake_score_parameters()
+        results.append([gen["loss"].detach(), fake["loss"].detach()] + [p.grad.clone() for p in params])
+    # Teacher and fake-score CFG (no grad), generator and fake score (with grad): one graph each.
+    assert backend.graphs == 4
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_many_compiled_modules_in_one_process(tiny_sd_cfg):
+    """An in-process Hydra multirun builds a module per job. Dynamo counts graphs per code object, and
+    every job's denoiser shares one forward, so each compile must make room for its own graphs: at the
+    default limit (8) the third compile=all job failed under fullgraph. Here the limit starts at 1."""
+    from wadi.speed import compile_training_passes
+
+    torch._dynamo.reset()  # earlier tests' graphs on the same code object would count too
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for _job in range(2):
+            m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2)
+            compile_training_passes(m.denoiser, backend=CountingBackend())
+            cond = m.conditioning({"prompt": ["a red circle", "a blue square"]})
+            for role in ("generator", "fake_score"):
+                m.denoiser(x, t, cond, role).mean().backward()
+            with torch.no_grad():
+                for role in (None, "fake_score"):
+                    m.denoiser.cfg(x, t, cond, m.null_conditioning(), 3.0, role)
 
 
 def test_compiled_sampler_pads_the_last_batch_and_matches_eager(tiny_sd_cfg):
