@@ -266,7 +266,7 @@ class WaDiModule(L.LightningModule):
             return
         rank_zero_info(
             f"compile={str(self.hparams.compile_passes).lower()}: the first steps compile the VSD passes "
-            "(on an H100: ~1.5 min for true, ~5 min for all; experiments/bench/RESULTS.md)"
+            "(on an H100: ~1.5 min for true, 5-6 min for all; experiments/bench/RESULTS.md)"
         )
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
