@@ -20,7 +20,13 @@ class Dump(Callback):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
+@pytest.mark.parametrize(
+    "compile_overrides",
+    [(), ("compile=all", "compile_backend=aot_eager")],
+    ids=["eager", "compile_all"],
+)
+def test_two_process_ddp_keeps_ranks_in_sync(tmp_path, compile_overrides):
+    """Also with every VSD pass compiled: the adapters' gradients are reduced outside the graphs."""
     model = save_tiny_pipeline(tmp_path / "model", "unet")
     (tmp_path / "dumpcb.py").write_text(RANK_DUMP)
     out = two_process_train(
@@ -34,8 +40,11 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
         "~callbacks.sample_grid",
         "+callbacks.dump._target_=dumpcb.Dump",
         f"+callbacks.dump.path={tmp_path}",
+        *compile_overrides,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    if compile_overrides:
+        assert "compile=all: the first steps compile" in out.stdout + out.stderr
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     # The ranks saw different prompts and noise; only averaged gradients keep their adapters equal.
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)

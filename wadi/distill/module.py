@@ -75,6 +75,7 @@ class WaDiModule(L.LightningModule):
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         compile_passes: bool | str = False,
+        compile_backend: str = "inductor",
         base_dtype: str = "auto",
         seed: int = 0,
         load_text_encoder: bool = True,
@@ -258,10 +259,11 @@ class WaDiModule(L.LightningModule):
         if dtype is not None:
             self.cast_frozen(dtype)
         # After the cast: the graphs are traced in the base's dtype.
+        backend = self.hparams.compile_backend
         if self.hparams.compile_passes == "all" and not self.denoiser.compile_grad_passes:
-            compile_training_passes(self.denoiser)
+            compile_training_passes(self.denoiser, backend=backend)
         elif self.hparams.compile_passes is True and self.denoiser.compiled_model is None:
-            compile_frozen_passes(self.denoiser)
+            compile_frozen_passes(self.denoiser, backend=backend)
         else:
             return
         rank_zero_info(
