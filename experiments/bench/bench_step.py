@@ -18,6 +18,9 @@ A variant is a spec string: `ref` or `wadi`, then `+option`s:
   compile   regional torch.compile (one compiled region per ResNet / transformer block / resampler)
   cfgcompile  wadi's `compile=true`: the no-grad teacher / fake-score CFG passes as one compiled graph per role
   gradcompile  wadi's `compile=all`: the passes with gradients (generator, fake score) compiled too
+  layoutopt inductor's layout optimization forced on (its heuristic turns it off for the SD U-Net, whose
+            up blocks have convs with in_channels >= 2 x out_channels): the compiled graphs run convs NHWC
+  cudagraphs  the compiled graphs replayed as CUDA graphs (inductor's cudagraph trees, mode="reduce-overhead")
   flash     SDPA restricted to the flash-attention backend (default: PyTorch's choice, cuDNN on H100)
   profile   profile one extra step and break its GPU time down by kernel kind and by op + input shapes
 `wadi+autocast+unfused` is the module as it was before this benchmark's changes.
@@ -64,6 +67,8 @@ OPTIONS = {
     "compile",
     "cfgcompile",
     "gradcompile",
+    "layoutopt",
+    "cudagraphs",
     "flash",
     "profile",
 }
@@ -259,7 +264,7 @@ class StepClock:
             self._mode = None
 
 
-def lightning_clock(clock: StepClock, on_start=None):
+def lightning_clock(clock: StepClock, on_start=None, mark_cudagraph_steps: bool = False):
     import lightning as L
 
     class _Clock(L.Callback):
@@ -272,6 +277,8 @@ def lightning_clock(clock: StepClock, on_start=None):
                 torch.cuda.reset_peak_memory_stats(clock.device)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if mark_cudagraph_steps:  # a new training iteration: earlier graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             clock.start(batch_idx)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -325,7 +332,66 @@ def summarize_profile(prof) -> dict:
         "top_cpu_ops_ms": [(k[:100], round(t / 1e3, 2), n) for k, t, n in cpu],
         "by_kind_ms": {k: round(v / 1e3, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top_kernels_ms": [(name[:120], round(t / 1e3, 2)) for name, t in top],
+        **gpu_idle(prof),
     }
+
+
+def gpu_idle(prof, min_gap_us: float = 20.0) -> dict:
+    """Where the GPU waits for the host: gaps between kernels, charged to the host op issuing at the gap's end.
+
+    Each gap of at least `min_gap_us` is charged to the outermost and the innermost host op whose time range
+    holds the moment the GPU resumes (the op whose launch it waited for). The profiler slows the host, so
+    the totals are an upper bound on the unprofiled step's idle time.
+    """
+    import bisect
+
+    from torch.autograd import DeviceType
+
+    events = prof.events()
+    busy = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in events
+        if e.device_type == DeviceType.CUDA and e.name and not e.name.startswith("## ")
+    )
+    if not busy:
+        return {}
+    gaps, end = [], busy[0][1]
+    for start, stop in busy[1:]:
+        if start - end >= min_gap_us:
+            gaps.append((end, start))
+        end = max(end, stop)
+    roots = sorted(
+        (e for e in events if e.device_type == DeviceType.CPU and e.cpu_parent is None),
+        key=lambda e: e.time_range.start,
+    )
+    starts = [e.time_range.start for e in roots]
+    by_outer: dict[str, float] = {}
+    by_inner: dict[str, float] = {}
+    for a, b in gaps:
+        i = bisect.bisect_right(starts, b) - 1
+        while i >= 0 and roots[i].time_range.end < b:  # the latest-starting root op still running at b
+            i -= 1
+        outer = roots[i] if i >= 0 else None
+        inner = outer
+        while inner is not None:
+            child = next((c for c in inner.cpu_children if c.time_range.start <= b <= c.time_range.end), None)
+            if child is None:
+                break
+            inner = child
+        for table, evt in ((by_outer, outer), (by_inner, inner)):
+            key = evt.name[:80] if evt is not None else "(no host op)"
+            table[key] = table.get(key, 0.0) + (b - a)
+    return {
+        "gpu_span_ms": (end - busy[0][0]) / 1e3,
+        "gpu_idle_ms": sum(b - a for a, b in gaps) / 1e3,
+        "gpu_gaps": len(gaps),
+        "idle_by_outer_host_op_ms": _top_ms(by_outer),
+        "idle_by_inner_host_op_ms": _top_ms(by_inner),
+    }
+
+
+def _top_ms(table: dict[str, float], n: int = 15) -> list[tuple[str, float]]:
+    return [(k, round(v / 1e3, 2)) for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]
 
 
 # ----------------------------------------------------------------------------- one variant
@@ -397,11 +463,11 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         enable_model_summary=False,
         num_sanity_val_steps=0,
         benchmark=True if variant.has("cudnn") else None,
-        callbacks=[lightning_clock(clock, on_start)],
+        callbacks=[lightning_clock(clock, on_start, mark_cudagraph_steps=variant.has("cudagraphs"))],
     )
     lorad.FUSED_ROTATION = not variant.has("unfused")
     try:
-        with sdpa_backend(variant):
+        with sdpa_backend(variant), inductor_options(variant):
             trainer.fit(module, loader)
     finally:
         lorad.FUSED_ROTATION = True
@@ -410,6 +476,20 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
     info["loss_generator"] = float(metrics["train/loss_generator"])
     info["loss_fake_score"] = float(metrics["train/loss_fake_score"])
     return info
+
+
+def inductor_options(variant: Variant):
+    """The `layoutopt` and `cudagraphs` options: inductor config read when the graphs compile (first steps)."""
+    patch = {}
+    if variant.has("layoutopt"):
+        patch["force_layout_optimization"] = True
+    if variant.has("cudagraphs"):
+        patch["triton.cudagraphs"] = True
+    if not patch:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(patch)
 
 
 def sdpa_backend(variant: Variant):

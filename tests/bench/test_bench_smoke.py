@@ -40,9 +40,43 @@ def test_bench_runs_wadi_and_reference_on_tiny_models(tmp_path, capsys):
     assert "| tiny_pixart | wadi+fadam |" in capsys.readouterr().out
 
 
+def test_gpu_idle_charges_each_gap_to_the_host_op_that_ends_it():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    bench = load_bench()
+
+    def event(name, start, end, device=DeviceType.CPU, parent=None):
+        evt = SimpleNamespace(name=name, device_type=device, cpu_parent=parent, cpu_children=[])
+        evt.time_range = SimpleNamespace(start=start, end=end)
+        if parent is not None:
+            parent.cpu_children.append(evt)
+        return evt
+
+    step = event("step", 0, 1000)  # host ops; kernels k1..k4 on the GPU, times in microseconds
+    launch_a, launch_b = event("launch_a", 100, 200, parent=step), event("launch_b", 500, 600, parent=step)
+    optimizer = event("optimizer", 1000, 1100)
+    kernels = [
+        event("k1", 150, 300, DeviceType.CUDA),
+        event("k2", 550, 700, DeviceType.CUDA),  # 250 us after k1: launch_b was issuing it
+        event("k3", 705, 900, DeviceType.CUDA),  # 5 us gap: under the 20 us threshold
+        event("k4", 1050, 1080, DeviceType.CUDA),  # 150 us: the optimizer's launch
+        event("## Call CompiledFxGraph x ##", 0, 2000, DeviceType.CUDA),  # a range, not a kernel
+    ]
+    prof = SimpleNamespace(events=lambda: [step, launch_a, launch_b, optimizer, *kernels])
+    idle = bench.gpu_idle(prof)
+    assert idle["gpu_gaps"] == 2
+    assert idle["gpu_idle_ms"] == pytest.approx(0.4)
+    assert idle["gpu_span_ms"] == pytest.approx(0.93)
+    assert idle["idle_by_outer_host_op_ms"] == [("step", 0.25), ("optimizer", 0.15)]
+    assert idle["idle_by_inner_host_op_ms"] == [("launch_b", 0.25), ("optimizer", 0.15)]
+
+
 def test_variant_spec_rejects_unknown_options():
     bench = load_bench()
     assert bench.Variant.parse("wadi+ckpt+fadam").name == "wadi+ckpt+fadam"
+    assert bench.Variant.parse("wadi+gradcompile+cudagraphs+layoutopt").has("cudagraphs")
     with pytest.raises(ValueError, match="unknown options"):
         bench.Variant.parse("wadi+turbo")
     with pytest.raises(ValueError, match="must start"):
