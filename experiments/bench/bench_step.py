@@ -299,14 +299,19 @@ KERNEL_KINDS = (
 )
 
 
+def _is_kernel(evt) -> bool:
+    """A GPU kernel or copy; "## Call CompiledFxGraph ... ##" is a range around a graph's kernels, not one."""
+    from torch.autograd import DeviceType
+
+    return evt.device_type == DeviceType.CUDA and bool(evt.name) and not evt.name.startswith("## ")
+
+
 def summarize_profile(prof) -> dict:
     """GPU time by kernel kind and the top kernels of one profiled step."""
-    from torch.autograd import DeviceType
 
     per_kernel: dict[str, float] = {}  # microseconds
     for evt in prof.events():
-        # "## Call CompiledFxGraph ... ##" is a range around a compiled graph's kernels, not a kernel.
-        if evt.device_type == DeviceType.CUDA and evt.name and not evt.name.startswith("## "):
+        if _is_kernel(evt):
             per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + float(evt.time_range.elapsed_us())
     kinds: dict[str, float] = {}
     for name, t in per_kernel.items():
@@ -316,9 +321,8 @@ def summarize_profile(prof) -> dict:
     total = sum(per_kernel.values())
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25]
     # The host side: where the step's CPU time goes (self time per op), to see whether launches bind it.
-    cpu = sorted(
-        ((e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()), key=lambda kv: -kv[1]
-    )[:30]
+    averages = prof.key_averages()
+    cpu = sorted(((e.key, e.self_cpu_time_total, e.count) for e in averages), key=lambda kv: -kv[1])[:30]
     # Which op (and on which shapes) each GPU microsecond belongs to: names the line behind a kernel.
     ops = prof.key_averages(group_by_input_shape=True)
     by_shape = sorted(ops, key=lambda e: -e.self_device_time_total)[:40]
@@ -328,7 +332,7 @@ def summarize_profile(prof) -> dict:
             (e.key[:60], str(e.input_shapes)[:160], round(e.self_device_time_total / 1e3, 2), e.count)
             for e in by_shape
         ],
-        "cpu_self_ms": sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3,
+        "cpu_self_ms": sum(e.self_cpu_time_total for e in averages) / 1e3,
         "top_cpu_ops_ms": [(k[:100], round(t / 1e3, 2), n) for k, t, n in cpu],
         "by_kind_ms": {k: round(v / 1e3, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top_kernels_ms": [(name[:120], round(t / 1e3, 2)) for name, t in top],
@@ -348,11 +352,7 @@ def gpu_idle(prof, min_gap_us: float = 20.0) -> dict:
     from torch.autograd import DeviceType
 
     events = prof.events()
-    busy = sorted(
-        (e.time_range.start, e.time_range.end)
-        for e in events
-        if e.device_type == DeviceType.CUDA and e.name and not e.name.startswith("## ")
-    )
+    busy = sorted((e.time_range.start, e.time_range.end) for e in events if _is_kernel(e))
     if not busy:
         return {}
     gaps, end = [], busy[0][1]
