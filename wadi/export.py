@@ -35,6 +35,23 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def one_step_betas(betas: torch.Tensor, alpha_T: float) -> torch.Tensor:
+    """`betas` with the last one changed so that prod(1 - beta) over all steps is alpha_T^2.
+
+    Only alphas_cumprod[T] changes, so one-step DDIM at t = T returns the student's x0 = (z - sigma_T eps) /
+    alpha_T. The last beta may be negative (PixArt: alpha_T^2 = 0.0047 above alphas_cumprod[T-1] ~ 4e-5).
+    """
+    betas = betas.double().clone()
+    before = torch.prod(1 - betas[:-1])
+    betas[-1] = 1 - alpha_T**2 / before
+    return betas
+
+
+def _owned(value: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU copy that shares no memory with the live parameter (the EMA swap rewrites those)."""
+    return value.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
+
+
 def export_adapters(module, path: str | Path) -> Path:
     """Both adapters (and the EMA generator if any) as one small safetensors file with its metadata."""
     path = Path(path)
@@ -43,11 +60,11 @@ def export_adapters(module, path: str | Path) -> Path:
     model = module.denoiser.model
     for role in ("generator", "fake_score"):
         for key, value in adapter_state_dict(model, role).items():
-            tensors[f"{role}/{key}"] = value.detach().float().cpu().contiguous()
+            tensors[f"{role}/{key}"] = _owned(value)
     if module.ema is not None:
         with module.ema.swapped():
             for key, value in adapter_state_dict(model, "generator").items():
-                tensors[f"generator_ema/{key}"] = value.detach().float().cpu().contiguous()
+                tensors[f"generator_ema/{key}"] = _owned(value)
     hp = module.hparams
     meta = {
         "backbone": module.backbone.cfg.name,
@@ -79,8 +96,7 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
             continue
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
     # One-step sampling in stock diffusers: DDIM, trailing spacing (t = T), final alpha 1 (x_prev = x0).
-    scheduler = DDIMScheduler.from_pretrained(
-        root / "scheduler",
+    one_step_kw = dict(
         local_files_only=True,
         timestep_spacing="trailing",
         set_alpha_to_one=True,
@@ -88,6 +104,14 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
         thresholding=False,
         steps_offset=0,
     )
+    scheduler = DDIMScheduler.from_pretrained(root / "scheduler", **one_step_kw)
+    if cfg.alpha_T is not None:
+        # The student's x0 = (z - sigma_T eps) / alpha_T uses its own alpha_T, and stock DDIM reads alpha_T from
+        # alphas_cumprod[T]: write betas whose cumulative product ends at alpha_T^2 (every other t unchanged).
+        betas = one_step_betas(scheduler.betas, float(cfg.alpha_T))
+        scheduler = DDIMScheduler.from_pretrained(
+            root / "scheduler", trained_betas=betas.tolist(), **one_step_kw
+        )
     scheduler.save_pretrained(tmp / "scheduler")
     index_path = tmp / "model_index.json"
     if index_path.exists():

@@ -35,6 +35,22 @@ def vsd_gradient(eps_real: Tensor, eps_fake: Tensor, alphas_cumprod: Tensor, t: 
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def dmd_gradient(
+    x0: Tensor, x_t: Tensor, eps_real: Tensor, eps_fake: Tensor, alphas_cumprod: Tensor, t: Tensor
+) -> Tensor:
+    """DMD's normalised gradient (Yin et al. 2024, eq. 8; DMD2's `compute_distribution_matching_loss`).
+
+    g = (x0_fake - x0_real) / mean_{c,h,w} |x0 - x0_real| per sample, with x0_s = (x_t - sigma_t eps_s) / alpha_t,
+    i.e. (sigma_t / alpha_t) (eps_real - eps_fake) over the teacher's per-sample x0 error. NaN/inf -> 0.
+    """
+    abar = _bcast(alphas_cumprod[t].float(), eps_real)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    x0_real = (x_t.float() - sigma * eps_real.float()) / alpha
+    scale = (x0.detach().float() - x0_real).abs().mean(dim=tuple(range(1, x0.ndim)), keepdim=True)
+    g = (sigma / alpha) * (eps_real.float() - eps_fake.float()) / scale
+    return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def generator_loss(x0: Tensor, g: Tensor) -> Tensor:
     """Spec 3.5: 0.5 mean((x0 - stopgrad(x0 - g))^2); its gradient w.r.t. x0 is g / numel."""
     x0 = x0.float()

@@ -23,7 +23,8 @@ from torch import Tensor
 from wadi.adapters.inject import adapter_parameters, add_lorad
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
-from wadi.distill.losses import add_noise, fake_score_loss, generator_loss, vsd_gradient
+from wadi.distill.losses import add_noise, fake_score_loss, generator_loss
+from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
 from wadi.sampling import one_step, seeded_noise
 from wadi.speed import COMPILE_CHOICES, compile_frozen_passes, compile_training_passes
@@ -62,16 +63,12 @@ class WaDiModule(L.LightningModule):
         backbone: Mapping[str, Any] | Backbone,
         rank: int,
         fake_rank: int = 32,
-        guidance_scale: float = 1.5,
-        fake_guidance_scale: float | None = None,
+        vsd: Mapping[str, Any] | VSDConfig | None = None,
         lr: float = 1e-4,
         fake_lr: float = 1e-2,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         grad_clip: float = 1.0,
         fake_grad_clip: float = 1.0,
-        t_min: int = 20,
-        t_max: int = 980,
-        fake_uncond_prob: float = 0.1,
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         compile_passes: bool | str = False,
@@ -85,7 +82,11 @@ class WaDiModule(L.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold adapters only; the frozen base comes from disk
         prebuilt = isinstance(backbone, Backbone)
-        self.save_hyperparameters(ignore=["optimizer", "run_config"] + (["backbone"] if prebuilt else []))
+        self.vsd = VSDConfig.from_mapping(vsd)
+        self.save_hyperparameters(
+            ignore=["optimizer", "run_config", "vsd"] + (["backbone"] if prebuilt else [])
+        )
+        self.hparams["vsd"] = self.vsd.as_dict()
         if compile_passes not in COMPILE_CHOICES:
             raise ValueError(
                 f"compile must be false, true (the no-grad teacher / fake-score passes) or all (every VSD "
@@ -111,6 +112,7 @@ class WaDiModule(L.LightningModule):
         if gradient_checkpointing:
             self.backbone.denoiser.enable_gradient_checkpointing()
         self.ema = EMA(adapter_parameters(model, GENERATOR), ema_decay) if ema_decay else None
+        self._gradient = self.vsd.gradient_fn()
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, weight_decay=0.0)
         self.run_config = dict(run_config) if run_config is not None else None
         self._null: Conditioning | None = None
@@ -177,32 +179,33 @@ class WaDiModule(L.LightningModule):
     def generator_step(
         self, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
     ) -> dict[str, Tensor]:
-        """Spec 3, generator: x0 = G(z, c); g = sigma_t^2 (eps_real - eps_fake); loss with gradient g/numel."""
-        hp = self.hparams
+        """Spec 3, generator: x0 = G(z, c); g from the real and fake scores (vsd.gradient); loss with gradient g/numel."""
+        vsd = self.vsd
         batch = len(cond)
         z = self._randn((batch, *self.backbone.latent_shape), rng)
         x0 = one_step(self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T)
-        t = torch.randint(hp.t_min, hp.t_max + 1, (batch,), generator=rng, device=self.device)
+        t = torch.randint(vsd.t_min, vsd.t_max + 1, (batch,), generator=rng, device=self.device)
         eps = self._randn(tuple(x0.shape), rng)
         x_t = add_noise(x0.detach(), eps, self.alphas_cumprod, t).to(self._embed_dtype())
-        fake_scale = hp.guidance_scale if hp.fake_guidance_scale is None else hp.fake_guidance_scale
         with torch.no_grad():
-            eps_real = self.denoiser.cfg(x_t, t, cond, uncond, hp.guidance_scale, None)
-            eps_fake = self.denoiser.cfg(x_t, t, cond, uncond, fake_scale, FAKE_SCORE)
-        g = vsd_gradient(eps_real, eps_fake, self.alphas_cumprod, t)
+            eps_real = self.denoiser.cfg(x_t, t, cond, uncond, vsd.guidance_scale, None)
+            eps_fake = self.denoiser.cfg(x_t, t, cond, uncond, vsd.fake_scale, FAKE_SCORE)
+        g = self._gradient(x0, x_t, eps_real, eps_fake, self.alphas_cumprod, t)
         loss = generator_loss(x0, g)
         return {"loss": loss, "x0": x0, "g_norm": g.norm() / g.numel() ** 0.5}
 
     def fake_score_step(
         self, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
     ) -> dict[str, Tensor]:
-        """Spec 3, fake score: denoising loss on the detached generator sample, 10% null prompts."""
-        hp = self.hparams
+        """Spec 3, fake score: denoising loss on the detached generator sample, a share of null prompts."""
+        vsd = self.vsd
         batch = x0.shape[0]
-        t = torch.randint(0, self.backbone.num_train_timesteps, (batch,), generator=rng, device=self.device)
+        t_max = self.backbone.num_train_timesteps - 1 if vsd.fake_t_max is None else vsd.fake_t_max
+        t = torch.randint(vsd.fake_t_min, t_max + 1, (batch,), generator=rng, device=self.device)
         eps = self._randn(tuple(x0.shape), rng)
         x_t = add_noise(x0.detach(), eps, self.alphas_cumprod, t).to(self._embed_dtype())
-        drop = torch.rand(batch, generator=rng, device=self.device) < hp.fake_uncond_prob
+        draws = batch if vsd.caption_drop == "sample" else 1
+        drop = (torch.rand(draws, generator=rng, device=self.device) < vsd.uncond_prob).expand(batch)
         eps_hat = self.denoiser(x_t, t, cond.where(drop, uncond.expand(batch)), FAKE_SCORE)
         return {"loss": fake_score_loss(eps_hat, eps, self.alphas_cumprod, t)}
 
@@ -223,11 +226,12 @@ class WaDiModule(L.LightningModule):
         norm_g = self._optimize(opt_g, gen["loss"], self.generator_parameters(), self.hparams.grad_clip)
         if self.ema is not None:
             self.ema.update()
-        fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
-        with _uncounted(opt_f):
-            norm_f = self._optimize(
-                opt_f, fake["loss"], self.fake_score_parameters(), self.hparams.fake_grad_clip
-            )
+        for _ in range(self.vsd.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
+            fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
+            with _uncounted(opt_f):
+                norm_f = self._optimize(
+                    opt_f, fake["loss"], self.fake_score_parameters(), self.hparams.fake_grad_clip
+                )
         batch_size = len(cond)
         log = partial(self.log, on_step=True, batch_size=batch_size)
         log("train/loss_generator", gen["loss"].detach(), prog_bar=True)

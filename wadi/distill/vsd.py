@@ -1,0 +1,90 @@
+"""VSD's design space as one typed config (`vsd:` in conf/config.yaml), validated once.
+
+Each field is a choice the public scripts, DMD or DMD2 make differently; the math behind each lives in
+`wadi.distill.losses` and is unit-tested there. `experiments/quality/RESULTS.md` measures them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from wadi.distill.losses import dmd_gradient, vsd_gradient
+
+GRADIENTS = {
+    "vsd": "spec 3.4: g = sigma_t^2 (eps_real - eps_fake)",
+    "dmd": "DMD: (x0_fake - x0_real) / mean|x0 - x0_real| per sample",
+}
+CAPTION_DROP = ("sample", "batch")
+
+
+@dataclass(frozen=True)
+class VSDConfig:
+    """The generator's and the fake score's VSD recipe (spec section 3)."""
+
+    guidance_scale: float = 1.5  # CFG of the real score (the frozen teacher)
+    fake_guidance_scale: float | None = None  # CFG of the fake score; None: the teacher's (public scripts)
+    t_min: int = 20  # generator step: t ~ U{t_min..t_max}
+    t_max: int = 980
+    fake_t_min: int = 0  # fake-score step: t ~ U{fake_t_min..fake_t_max}
+    fake_t_max: int | None = None  # None: num_train_timesteps - 1
+    fake_steps: int = 1  # fake-score updates per generator step (DMD2's two time-scale rule uses 5)
+    gradient: str = "vsd"  # one of GRADIENTS
+    uncond_prob: float = 0.1  # fake step: share of null prompts
+    caption_drop: str = "sample"  # "sample": each prompt dropped on its own; "batch": the whole batch at once
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | VSDConfig | None) -> VSDConfig:
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, VSDConfig):
+            return cfg
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"vsd: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(cfg))
+
+    def __post_init__(self) -> None:
+        def bad(key: str, expected: str) -> ValueError:
+            return ValueError(f"vsd.{key}={getattr(self, key)!r}: expected {expected}")
+
+        for key in ("guidance_scale", "fake_guidance_scale"):
+            v = getattr(self, key)
+            if v is None and key == "fake_guidance_scale":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise bad(key, "a finite number >= 0")
+        for key in ("t_min", "t_max", "fake_t_min", "fake_t_max", "fake_steps"):
+            v = getattr(self, key)
+            if v is None and key == "fake_t_max":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(key, "an integer >= 0")
+        if self.t_min > self.t_max:
+            raise bad("t_min", f"<= vsd.t_max={self.t_max}")
+        if self.fake_t_max is not None and self.fake_t_min > self.fake_t_max:
+            raise bad("fake_t_min", f"<= vsd.fake_t_max={self.fake_t_max}")
+        if self.fake_steps < 1:
+            raise bad("fake_steps", "an integer >= 1")
+        if self.gradient not in GRADIENTS:
+            raise bad("gradient", f"one of {sorted(GRADIENTS)}")
+        if self.caption_drop not in CAPTION_DROP:
+            raise bad("caption_drop", f"one of {list(CAPTION_DROP)}")
+        if not (isinstance(self.uncond_prob, int | float) and 0.0 <= self.uncond_prob <= 1.0):
+            raise bad("uncond_prob", "a probability in [0, 1]")
+
+    @property
+    def fake_scale(self) -> float:
+        return self.guidance_scale if self.fake_guidance_scale is None else self.fake_guidance_scale
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def gradient_fn(self):
+        """(x0, x_t, eps_real, eps_fake, alphas_cumprod, t) -> g, the generator's regression offset."""
+        if self.gradient == "dmd":
+            return dmd_gradient
+        return lambda x0, x_t, er, ef, ac, t: vsd_gradient(er, ef, ac, t)
