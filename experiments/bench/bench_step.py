@@ -409,7 +409,7 @@ def build_wadi_module(
         backbone,
         rank=rank or cfg.default_rank,
         fake_rank=32,
-        guidance_scale=cfg.guidance_scale,
+        vsd={"guidance_scale": cfg.guidance_scale},
         optimizer=partial(torch.optim.AdamW, weight_decay=0.0, fused=fused_adamw or None),
         load_text_encoder=False,
         **kw,
