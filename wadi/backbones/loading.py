@@ -38,6 +38,7 @@ class BackboneConfig:
     text_max_length: int
     use_text_mask: bool = False
     guidance_scale: float = 1.5
+    fake_guidance_scale: float | None = None  # the fake score's CFG in VSD; None: guidance_scale
     default_rank: int = 256
     generator_targets: dict = field(default_factory=dict)
     fake_score_targets: dict = field(default_factory=dict)
