@@ -86,3 +86,16 @@ def test_adapter_export_with_ema_keeps_live_and_ema_weights_apart(tmp_path):
     assert all(torch.equal(tensors[f"generator/{k}"], v) for k, v in zip(names, live))
     assert all(torch.equal(tensors[f"generator_ema/{k}"], s) for k, s in zip(names, module.ema.shadows()))
     assert all(torch.equal(p, v) for p, v in zip(module.generator_parameters(), live))  # swapped back
+
+
+def test_exports_refuse_nonfinite_adapter_weights(tmp_path):
+    from wadi.distill.guards import NonFiniteError
+
+    module = trained_looking(toy_backbone("toy"))
+    with torch.no_grad():
+        module.generator_parameters()[0].fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        export_adapters(module, tmp_path / "adapters.safetensors")
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        export_merged(module, tmp_path / "merged")
+    assert not (tmp_path / "adapters.safetensors").exists() and not (tmp_path / "merged").exists()

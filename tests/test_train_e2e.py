@@ -133,7 +133,7 @@ def test_interrupted_and_resumed_run_reproduces_losses(tmp_path, tiny_pixart_dir
     assert sorted(a, key=int) == sorted(b, key=int) == [str(i) for i in range(1, 7)]
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-7), step
-    ckpt = torch.load(Path(objects["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(Path(objects["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)
     assert len(ckpt["optimizer_states"]) == 2 and ckpt["wadi"]["config"]["rank"] == 4
     assert any(k.startswith("ema.") for k in ckpt["state_dict"])
     assert not any(
@@ -268,3 +268,30 @@ def test_tokenizer_max_length_mismatch_is_an_error(tmp_path, tiny_sd_dir):
     cfg.backbone.text_max_length = 77
     with pytest.raises(ValueError, match=r"model_max_length=16.*text_max_length=77"):
         train(cfg)
+
+
+@pytest.mark.slow
+def test_nan_gradient_stops_and_keeps_the_last_finite_checkpoint(tmp_path, tiny_sd_dir, monkeypatch):
+    from wadi.distill.guards import NonFiniteError, first_nonfinite
+    from wadi.distill.vsd import VSDConfig
+
+    real = VSDConfig.gradient_fn
+    calls = {"n": 0}
+
+    def poisoned(self):
+        fn = real(self)
+
+        def g(*args):
+            calls["n"] += 1
+            out = fn(*args)
+            return out * float("nan") if calls["n"] >= 3 else out
+
+        return g
+
+    monkeypatch.setattr(VSDConfig, "gradient_fn", poisoned)
+    cfg = compose_cfg(tmp_path, tiny_sd_dir)
+    with pytest.raises(NonFiniteError, match="step 2: the generator loss is nan"):
+        train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and first_nonfinite(ckpt["state_dict"]) is None
+    assert not (tmp_path / "run" / "export").exists()

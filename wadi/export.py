@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from wadi.adapters.inject import adapter_state_dict, merge_adapter, unmerge_adapter
 from wadi.backbones.loading import KINDS, _denoiser_class
+from wadi.distill.guards import check_finite
 from wadi.sampling import generator_schedule
 
 EXPORT_INFO = "wadi_export.json"
@@ -72,6 +73,7 @@ def export_adapters(module, path: str | Path) -> Path:
         "fake_rank": str(hp.fake_rank),
         "format": "wadi-lorad-1",
     }
+    check_finite(tensors, f"adapter export {path}")
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -84,6 +86,10 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
     from diffusers import DDIMScheduler
 
     out_dir = Path(out_dir)
+    model = module.denoiser.model
+    ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
+    with ema:
+        check_finite(adapter_state_dict(model, "generator"), f"merged export {out_dir}")
     cfg = module.backbone.cfg
     root = Path(str(cfg.pretrained))
     sub = KINDS[cfg.kind][1]
@@ -119,7 +125,6 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
         index["scheduler"] = ["diffusers", "DDIMScheduler"]
         index_path.write_text(json.dumps(index, indent=2))
 
-    model = module.denoiser.model
     ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
     with ema:
         merge_adapter(model, "generator")

@@ -201,16 +201,37 @@ def load_generator(
     return gen.compile() if compile else gen
 
 
+def load_checkpoint_file(path: str | Path) -> dict:
+    """torch.load with weights_only=True: a checkpoint is data, never code (a crafted pickle cannot run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for code or unknown globals, RuntimeError for a non-zip file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} is not a wadi checkpoint that loads as plain data (tensors, numbers, strings): {first}. "
+            "wadi never unpickles code from a checkpoint; re-save it with wadi.train."
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} is not a wadi checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint
+
+
 def load_module_from_checkpoint(path: str | Path):
     """Rebuild the WaDiModule a checkpoint was trained with (from its stored config) and load its adapters."""
     from hydra.utils import instantiate
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    from wadi.distill.guards import check_finite
+
+    checkpoint = load_checkpoint_file(path)
     meta = checkpoint.get("wadi")
     if meta is None or not meta.get("config"):
         raise ValueError(f"{path} is not a wadi checkpoint (no 'wadi' entry with the run's config)")
     cfg = OmegaConf.create(meta["config"])
     module = instantiate(cfg.module, _convert_="all")
+    check_finite(checkpoint["state_dict"], f"loading checkpoint {path}")
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -29,10 +28,13 @@ def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
 
 
 def vsd_gradient(eps_real: Tensor, eps_fake: Tensor, alphas_cumprod: Tensor, t: Tensor) -> Tensor:
-    """Spec 3.4: g = sigma_t^2 (eps_real - eps_fake), sigma_t^2 = 1 - abar_t; NaN/inf replaced by 0."""
+    """Spec 3.4: g = sigma_t^2 (eps_real - eps_fake), sigma_t^2 = 1 - abar_t.
+
+    NaN/inf are kept: the module counts them (train/vsd_g_nonfinite) and skips or stops (`nonfinite`); zeroing
+    them would train on a loss that is silently 0.
+    """
     sigma2 = _bcast(1 - alphas_cumprod[t].float(), eps_real)
-    g = sigma2 * (eps_real.float() - eps_fake.float())
-    return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return sigma2 * (eps_real.float() - eps_fake.float())
 
 
 def dmd_gradient(
@@ -41,14 +43,13 @@ def dmd_gradient(
     """DMD's normalised gradient (Yin et al. 2024, eq. 8; DMD2's `compute_distribution_matching_loss`).
 
     g = (x0_fake - x0_real) / mean_{c,h,w} |x0 - x0_real| per sample, with x0_s = (x_t - sigma_t eps_s) / alpha_t,
-    i.e. (sigma_t / alpha_t) (eps_real - eps_fake) over the teacher's per-sample x0 error. NaN/inf -> 0.
+    i.e. (sigma_t / alpha_t) (eps_real - eps_fake) over the teacher's per-sample x0 error. NaN/inf are kept.
     """
     abar = _bcast(alphas_cumprod[t].float(), eps_real)
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     x0_real = (x_t.float() - sigma * eps_real.float()) / alpha
     scale = (x0.detach().float() - x0_real).abs().mean(dim=tuple(range(1, x0.ndim)), keepdim=True)
-    g = (sigma / alpha) * (eps_real.float() - eps_fake.float()) / scale
-    return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return (sigma / alpha) * (eps_real.float() - eps_fake.float()) / scale
 
 
 def generator_loss(x0: Tensor, g: Tensor) -> Tensor:

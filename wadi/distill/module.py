@@ -23,6 +23,7 @@ from torch import Tensor
 from wadi.adapters.inject import adapter_parameters, add_lorad
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
+from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, check_finite, nonfinite_count
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss
 from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
@@ -75,6 +76,7 @@ class WaDiModule(L.LightningModule):
         compile_backend: str = "inductor",
         base_dtype: str = "auto",
         seed: int = 0,
+        nonfinite: str = "stop",
         load_text_encoder: bool = True,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -98,6 +100,12 @@ class WaDiModule(L.LightningModule):
                 "the compiled graph are untested); use compile=all for speed or gradient_checkpointing=true "
                 "for memory"
             )
+        if nonfinite not in NONFINITE_CHOICES:
+            raise ValueError(
+                f"nonfinite must be stop (end the run with an error at the first NaN/inf loss or gradient) or "
+                f"skip (skip that optimizer step and count it), got {nonfinite!r}"
+            )
+        self._skipped = 0  # optimizer steps skipped for a non-finite loss or gradient (nonfinite=skip)
         for role, r in ((GENERATOR, rank), (FAKE_SCORE, fake_rank)):
             if int(r) < 1:
                 raise ValueError(f"{'rank' if role == GENERATOR else 'fake_rank'} must be >= 1, got {r}")
@@ -192,7 +200,12 @@ class WaDiModule(L.LightningModule):
             eps_fake = self.denoiser.cfg(x_t, t, cond, uncond, vsd.fake_scale, FAKE_SCORE)
         g = self._gradient(x0, x_t, eps_real, eps_fake, self.alphas_cumprod, t)
         loss = generator_loss(x0, g)
-        return {"loss": loss, "x0": x0, "g_norm": g.norm() / g.numel() ** 0.5}
+        return {
+            "loss": loss,
+            "x0": x0,
+            "g_norm": g.norm() / g.numel() ** 0.5,
+            "g_nonfinite": nonfinite_count(g),
+        }
 
     def fake_score_step(
         self, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
@@ -209,13 +222,35 @@ class WaDiModule(L.LightningModule):
         eps_hat = self.denoiser(x_t, t, cond.where(drop, uncond.expand(batch)), FAKE_SCORE)
         return {"loss": fake_score_loss(eps_hat, eps, self.alphas_cumprod, t)}
 
-    def _optimize(self, optimizer, loss: Tensor, params: list, clip: float) -> Tensor:
+    def _optimize(self, optimizer, loss: Tensor, params: list, clip: float, role: str) -> tuple[Tensor, bool]:
+        """Backward, clip and step; (gradient norm, stepped). A non-finite loss or gradient never reaches the
+        optimizer: `nonfinite=stop` raises NonFiniteError, `skip` drops the step. The decision reads the norm
+        after the gradient all-reduce, so every rank takes the same one (costs one host sync per step)."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         sync_gradients(params)
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if not bool(torch.isfinite(norm)):
+            optimizer.zero_grad(set_to_none=True)
+            self._skipped += 1
+            if self.hparams.nonfinite == "stop":
+                raise NonFiniteError(
+                    f"step {self.global_step}: the {role} loss is {float(loss.detach()):.4g} and its gradient "
+                    f"norm {float(norm):.4g}; nonfinite=stop ended the run before the optimizer step, so the "
+                    "weights and every checkpoint are finite (resume from the last one with ckpt_path=last). "
+                    "Lower lr / guidance_scale, or pass nonfinite=skip to skip such steps and count them "
+                    "(train/nonfinite_skipped)."
+                )
+            return norm, False
         optimizer.step()
-        return norm
+        weights = torch.stack(torch._foreach_norm([p.detach() for p in params])).sum()
+        if not bool(torch.isfinite(weights)):
+            raise NonFiniteError(
+                f"step {self.global_step}: the {role} adapter weights became non-finite in an optimizer step with "
+                f"a finite gradient (norm {float(norm):.4g}): the learning rate or optimizer settings overflow. "
+                "Nothing non-finite is saved; resume from the last checkpoint with a smaller lr."
+            )
+        return norm, True
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         opt_g, opt_f = self.optimizers()
@@ -223,14 +258,16 @@ class WaDiModule(L.LightningModule):
         cond = self.conditioning(batch)
         uncond = self.null_conditioning(batch)
         gen = self.generator_step(cond, uncond, rng)
-        norm_g = self._optimize(opt_g, gen["loss"], self.generator_parameters(), self.hparams.grad_clip)
-        if self.ema is not None:
+        norm_g, stepped = self._optimize(
+            opt_g, gen["loss"], self.generator_parameters(), self.hparams.grad_clip, GENERATOR
+        )
+        if self.ema is not None and stepped:
             self.ema.update()
         for _ in range(self.vsd.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
             fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
             with _uncounted(opt_f):
-                norm_f = self._optimize(
-                    opt_f, fake["loss"], self.fake_score_parameters(), self.hparams.fake_grad_clip
+                norm_f, _ = self._optimize(
+                    opt_f, fake["loss"], self.fake_score_parameters(), self.hparams.fake_grad_clip, FAKE_SCORE
                 )
         batch_size = len(cond)
         log = partial(self.log, on_step=True, batch_size=batch_size)
@@ -239,6 +276,8 @@ class WaDiModule(L.LightningModule):
         log("train/grad_norm_generator", norm_g)
         log("train/grad_norm_fake_score", norm_f)
         log("train/vsd_g_rms", gen["g_norm"].detach())
+        log("train/vsd_g_nonfinite", gen["g_nonfinite"].float())
+        log("train/nonfinite_skipped", float(self._skipped))
         if "pass" in batch:
             log("train/prompt_epoch", float(batch["pass"]))
 
@@ -307,6 +346,7 @@ class WaDiModule(L.LightningModule):
         """Keep adapters, EMA and what resume needs; the frozen base is reloaded from disk."""
         keep = self.adapter_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        check_finite(checkpoint["state_dict"], f"checkpoint at step {checkpoint.get('global_step', '?')}")
         checkpoint["wadi"] = {
             "format": CHECKPOINT_FORMAT,
             "backbone": self.backbone.cfg.name,
@@ -314,6 +354,7 @@ class WaDiModule(L.LightningModule):
             "fake_rank": int(self.hparams.fake_rank),
             "ema": self.ema is not None,
             "config": self.run_config,
+            "nonfinite_skipped": self._skipped,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -333,6 +374,7 @@ class WaDiModule(L.LightningModule):
         missing = self.adapter_keys() - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} adapter tensors, e.g. {sorted(missing)[:3]}")
+        self._skipped = int(checkpoint["wadi"].get("nonfinite_skipped", 0))
         rng = checkpoint["wadi"].get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
