@@ -84,5 +84,5 @@ def test_teacher_lora_recolours_the_one_step_student(student_dir, blue_lora):
     assert red_before >= 0.5 and blue_before <= 0.2, (red_before, blue_before)
     assert blue_after >= blue_before + 0.5, (blue_before, blue_after)
     assert red_after <= red_before - 0.5, (red_before, red_after)
-    # unloading restores the student exactly
-    assert torch.equal(student([PROMPT] * 4, SEEDS[:4]), before[:4])
+    # unloading restores the student exactly (same batch as `before`: CPU GEMMs differ between batch shapes)
+    assert torch.equal(student([PROMPT] * len(SEEDS), SEEDS), before)
