@@ -229,9 +229,9 @@ def load_module_from_checkpoint(path: str | Path):
     meta = checkpoint.get("wadi")
     if meta is None or not meta.get("config"):
         raise ValueError(f"{path} is not a wadi checkpoint (no 'wadi' entry with the run's config)")
+    check_finite(checkpoint["state_dict"], f"loading checkpoint {path}")  # before the model loads
     cfg = OmegaConf.create(meta["config"])
     module = instantiate(cfg.module, _convert_="all")
-    check_finite(checkpoint["state_dict"], f"loading checkpoint {path}")
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     return module

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from wadi.distill.guards import NonFiniteError, check_finite, first_nonfinite
+from wadi.distill.guards import NonFiniteError, all_finite, check_finite, first_nonfinite
 from wadi.sample import load_checkpoint_file
 
 
@@ -17,6 +17,9 @@ def test_check_finite_names_the_tensor_and_count():
     with pytest.raises(NonFiniteError, match="'b' holds 2 of 3"):
         check_finite(state, "export x")
     check_finite({"a": torch.ones(2)}, "fine")
+    assert all_finite([torch.ones(3), torch.zeros(2)]) and all_finite([])
+    assert not all_finite([torch.ones(3), torch.tensor([1.0, float("inf")])])
+    assert not all_finite([torch.tensor([float("nan")])])
 
 
 class _Payload:

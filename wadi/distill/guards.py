@@ -25,12 +25,16 @@ def nonfinite_count(x: Tensor) -> Tensor:
 
 
 def first_nonfinite(state: Mapping[str, Tensor]) -> tuple[str, int, int] | None:
-    """(name, non-finite entries, total entries) of the first tensor holding NaN or inf, else None."""
-    for name, value in state.items():
-        if torch.is_tensor(value) and value.is_floating_point():
-            bad = int(nonfinite_count(value.detach()))
-            if bad:
-                return name, bad, value.numel()
+    """(name, non-finite entries, total entries) of the first tensor holding NaN or inf, else None.
+
+    The counts are gathered on the tensors' device and read back once (one host sync, not one per tensor)."""
+    named = [(k, v) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not named:
+        return None
+    counts = torch.stack([nonfinite_count(v.detach()).cpu() for _, v in named]).tolist()
+    for (name, value), bad in zip(named, counts):
+        if bad:
+            return name, bad, value.numel()
     return None
 
 
@@ -46,6 +50,6 @@ def check_finite(state: Mapping[str, Tensor], what: str) -> None:
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """True if every tensor is finite (one host sync for the lot)."""
-    flags = [torch.isfinite(t.detach()).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    """True if every tensor is finite: one fused norm over the lot (NaN/inf propagate) and one host sync."""
+    tensors = [t.detach() for t in tensors]
+    return not tensors or bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()))

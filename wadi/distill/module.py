@@ -23,7 +23,7 @@ from torch import Tensor
 from wadi.adapters.inject import adapter_parameters, add_lorad
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
-from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, check_finite, nonfinite_count
+from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, check_finite, nonfinite_count
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss
 from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
@@ -243,8 +243,7 @@ class WaDiModule(L.LightningModule):
                 )
             return norm, False
         optimizer.step()
-        weights = torch.stack(torch._foreach_norm([p.detach() for p in params])).sum()
-        if not bool(torch.isfinite(weights)):
+        if not all_finite(params):
             raise NonFiniteError(
                 f"step {self.global_step}: the {role} adapter weights became non-finite in an optimizer step with "
                 f"a finite gradient (norm {float(norm):.4g}): the learning rate or optimizer settings overflow. "
