@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from wadi.backbones.conditioning import Conditioning
 from wadi.backbones.denoiser import Denoiser
-from wadi.distill.losses import x0_from_eps
-
-
-def generator_schedule(alphas_cumprod: Tensor, alpha_T: float | None = None) -> tuple[int, float, float]:
-    """(T, alpha_T, sigma_T) of the one-step generator: T = last training timestep, alpha_T from the schedule.
-
-    `alpha_T` overrides the scheduler's value (the public PixArt script reuses SD's sqrt(0.0047)).
-    """
-    T = alphas_cumprod.shape[0] - 1
-    a = math.sqrt(float(alphas_cumprod[T])) if alpha_T is None else float(alpha_T)
-    return T, a, math.sqrt(1.0 - a * a)
+from wadi.diffusion import ddim_step, ddim_timesteps, generator_schedule, x0_from_eps
 
 
 def seeded_noise(seeds: list[int], shape: tuple[int, ...], device, dtype=torch.float32) -> Tensor:
@@ -44,25 +32,6 @@ def one_step(
     t = torch.full((z.shape[0],), T, device=z.device, dtype=torch.long)
     eps = denoiser(z, t, cond, adapter)
     return x0_from_eps(z, eps.float(), a_T, s_T)
-
-
-def ddim_timesteps(num_train: int, steps: int, offset: int = 0, from_t: int | None = None) -> list[int]:
-    """Trailing DDIM timesteps from T down (diffusers' `timestep_spacing="trailing"`)."""
-    start = num_train if from_t is None else from_t + 1
-    ts = torch.round(torch.arange(start, 0, -start / steps)).long() - 1
-    return [int(t) + offset for t in ts]
-
-
-def ddim_step(
-    x: Tensor, eps: Tensor, alphas_cumprod: Tensor, t: int, t_prev: int | None
-) -> tuple[Tensor, Tensor]:
-    """One deterministic DDIM step (eta = 0) from t to t_prev (None: to the clean image); returns (x_prev, x0)."""
-    abar = alphas_cumprod[t].float()
-    abar_prev = (
-        alphas_cumprod[t_prev].float() if t_prev is not None else x.new_tensor(1.0, dtype=torch.float32)
-    )
-    x0 = (x.float() - (1 - abar).sqrt() * eps) / abar.sqrt()
-    return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps, x0
 
 
 @torch.no_grad()
@@ -143,7 +112,7 @@ def hybrid_sample(
     abar = alphas_cumprod[t].float()
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     eps = denoiser(x, tt, cond, student_adapter).float()
-    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    x0 = x0_from_eps(x, eps, abar.sqrt(), (1 - abar).sqrt())
     if trajectory is not None:
         trajectory.append(x0)
     return x0

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from wadi.backbones import Conditioning
 from wadi.backbones.loading import KINDS
-from wadi.distill.losses import add_noise
+from wadi.diffusion import add_noise
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import wadi.config  # noqa: F401  (registers resolvers)
+from wadi.diffusion import add_noise, bcast, min_snr_weight, posterior_log_variance, x0_from_eps
 from wadi.distill.ema import EMA
-from wadi.distill.losses import add_noise
 from wadi.toy import teachers
 from wadi.toy.assets import write_checksums
 
@@ -48,42 +48,11 @@ STAGES = ("vae", "classifier", "sd", "pixart")
 # ------------------------------------------------------------------------------------------------ math
 
 
-def _bcast(values: Tensor, like: Tensor) -> Tensor:
-    """(B,) -> (B, 1, 1, 1)."""
-    return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def lr_factor(step: int, warmup_steps: int, progress: float, min_ratio: float = 0.1) -> float:
     """Linear warmup over `warmup_steps`, then cosine decay from 1 to `min_ratio` as `progress` goes 0 -> 1."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-
-
-def min_snr_weight(alphas_cumprod: Tensor, t: Tensor, gamma: float | None) -> Tensor:
-    """Min-SNR-gamma loss weight for epsilon prediction, min(SNR_t, gamma) / SNR_t (Hang et al. 2023).
-
-    SNR_t = abar_t / (1 - abar_t). Ones when gamma is None (the plain epsilon loss of DDPM).
-    """
-    abar = alphas_cumprod[t].float()
-    if gamma is None:
-        return torch.ones_like(abar)
-    snr = abar / (1 - abar)
-    return snr.clamp(max=gamma) / snr
-
-
-def posterior_log_variance(alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
-    """(log beta_t, log beta~_t clipped) of q(x_{t-1} | x_t, x0) per timestep (Ho et al. 2020, eq. 7).
-
-    beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t) is 0 at t = 0, so its log takes t = 1's value there
-    (Nichol & Dhariwal 2021's `posterior_log_variance_clipped`).
-    """
-    abar = alphas_cumprod.double()
-    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-    beta = 1 - abar / abar_prev
-    var = beta * (1 - abar_prev) / (1 - abar)
-    var = torch.cat([var[1:2], var[1:]])
-    return beta.log().float(), var.log().float()
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -102,14 +71,14 @@ def learned_range_vlb(
     DDPMScheduler(variance_type="learned_range") reads it; the mean comes from `eps`, which callers pass
     detached so only `v` learns from this term. Uses the KL at every t (latents have no discrete decoder).
     """
-    abar = _bcast(alphas_cumprod[t].float(), x0)
-    abar_prev = _bcast(torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])[t].float(), x0)
+    abar = bcast(alphas_cumprod[t].float(), x0)
+    abar_prev = bcast(torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])[t].float(), x0)
     beta = 1 - abar / abar_prev
     coef_x0 = beta * abar_prev.sqrt() / (1 - abar)
     coef_xt = (1 - abar_prev) * (1 - beta).sqrt() / (1 - abar)
-    max_log, min_log = (_bcast(v_[t], x0) for v_ in posterior_log_variance(alphas_cumprod))
+    max_log, min_log = (bcast(v_[t], x0) for v_ in posterior_log_variance(alphas_cumprod))
     true_mean = coef_x0 * x0.float() + coef_xt * x_t.float()
-    x0_hat = (x_t.float() - (1 - abar).sqrt() * eps.float()) / abar.sqrt()
+    x0_hat = x0_from_eps(x_t.float(), eps.float(), abar.sqrt(), (1 - abar).sqrt())
     model_mean = coef_x0 * x0_hat + coef_xt * x_t.float()
     frac = (v.float() + 1) / 2
     model_logvar = frac * max_log + (1 - frac) * min_log
