@@ -132,7 +132,7 @@ def resolve_student(
         raise FileNotFoundError(f"student not found at {b_path}: expected a diffusers dir or a wadi .ckpt")
     if b_path.is_file():
         from wadi.export import export_merged
-        from wadi.sample import load_module_from_checkpoint
+        from wadi.generation import load_module_from_checkpoint
 
         module = load_module_from_checkpoint(b_path)
         a = a or module.backbone.cfg.pretrained
@@ -312,7 +312,7 @@ def analyze_trajectory(
 ) -> list[Path]:
     """One strip per prompt (seed = seed + prompt index) of the decoded x0 predictions; returns the PNG paths."""
     from wadi.analysis.trajectory import decode_trajectory, generator_trajectory, save_strips
-    from wadi.sample import load_generator
+    from wadi.generation import load_generator
 
     path = Path(str(model)).expanduser()
     if path.is_dir() and not (path / EXPORT_INFO).is_file():

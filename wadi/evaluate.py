@@ -358,7 +358,7 @@ def _init_distributed() -> tuple[int, int]:
 
 
 def _load_generator(cfg: DictConfig, device: torch.device) -> Generate:
-    from wadi.sample import load_generator
+    from wadi.generation import load_generator
 
     return load_generator(
         cfg.model,
@@ -378,7 +378,7 @@ def _load_generator(cfg: DictConfig, device: torch.device) -> Generate:
 def evaluate(cfg: DictConfig, generator: Generate | None = None, evaluator=None) -> dict | None:
     """Run the evaluation `cfg` describes (see conf/evaluate.yaml); returns the metrics on rank 0.
 
-    `generator`: any `gen(prompts, seeds) -> (N, 3, H, W)` in [0, 1]; default `wadi.sample.load_generator`.
+    `generator`: any `gen(prompts, seeds) -> (N, 3, H, W)` in [0, 1]; default `wadi.generation.load_generator`.
     """
     from hydra.utils import instantiate
     from tqdm.auto import tqdm

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 from wadi.adapters.inject import adapter_state_dict, merge_adapter, unmerge_adapter
 from wadi.backbones.loading import KINDS, _denoiser_class
+from wadi.diffusion import generator_schedule
 from wadi.distill.guards import check_finite
-from wadi.sampling import generator_schedule
 
 EXPORT_INFO = "wadi_export.json"
 

@@ -1,240 +1,29 @@
 """`python -m wadi.sample model=<export dir | checkpoint | teacher dir> prompts=[...] seeds=[...]`.
 
 One step for a WaDi export or checkpoint; `teacher_steps=25 guidance_scale=3.0` samples any diffusers
-directory (the teacher) with DDIM + CFG. Saves one PNG per image and a grid.
+directory (the teacher) with DDIM + CFG; `hybrid_k=1` the hybrid sampler. Saves one PNG per image, a grid
+and prompts.json. The generation keys are conf/generation/default.yaml's; the library is wadi.generation.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import wadi.config  # noqa: F401  (registers resolvers)
-from wadi.backbones import Conditioning
-from wadi.backbones.loading import Backbone, BackboneConfig, load_backbone
-from wadi.export import EXPORT_INFO
-from wadi.sampling import ddim_sample, hybrid_sample, one_step, seeded_noise
 
-
-class Generator:
-    """`gen(prompts, seeds) -> (N, 3, H, W)` images in [0, 1]; one latent per seed, batch-independent."""
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        adapter: str | None,
-        steps: int | None,
-        guidance_scale: float,
-        batch_size: int = 16,
-        module=None,
-        hybrid_k: int = 0,
-        schedule_steps: int = 25,
-        teacher_guidance: float = 0.0,
-        teacher: Backbone | None = None,
-        compile: bool = False,
-    ) -> None:
-        self.backbone = backbone
-        self.hybrid_k = hybrid_k
-        self.schedule_steps = schedule_steps
-        self.teacher_guidance = teacher_guidance
-        self.teacher = teacher
-        self.adapter = adapter
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.batch_size = batch_size
-        self.module = module
-        self.compiled = False
-        if compile:
-            self.compile()
-
-    def compile(self, backend="inductor") -> Generator:
-        """torch.compile the denoiser and VAE decoder (static shapes: every batch is padded to `batch_size`).
-
-        ~1.5 min of warm-up for ~2x throughput on an H100 (experiments/bench/RESULTS.md): worth it for
-        evaluation-sized runs, not for a handful of images.
-        """
-        from wadi.speed import compile_sampler
-
-        compile_sampler(self.backbone, backend=backend)
-        self.compiled = True
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.alphas_cumprod.device
-
-    def to(self, device) -> Generator:
-        (self.module or self.backbone).to(device)
-        if self.teacher is not None:
-            self.teacher.to(device)
-        return self
-
-    @torch.no_grad()
-    def latents(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
-        bb = self.backbone
-        dtype = next(bb.denoiser.parameters()).dtype
-        embeds, mask = bb.text_encoder.encode(list(prompts))
-        cond = Conditioning(embeds.to(dtype), mask)
-        z = seeded_noise(list(seeds), bb.latent_shape, self.device, dtype)
-        if self.steps is None and self.hybrid_k == 0:
-            return one_step(bb.denoiser, z, cond, bb.alphas_cumprod, self.adapter, bb.cfg.alpha_T)
-        null_embeds, null_mask = bb.text_encoder.encode([""])
-        uncond = Conditioning(null_embeds.to(dtype), null_mask)
-        if self.steps is None:  # hybrid: the teacher's first k steps, then the one-step student
-            teacher = self.teacher.denoiser if self.teacher is not None else None
-            return hybrid_sample(
-                bb.denoiser,
-                z,
-                cond,
-                uncond,
-                bb.alphas_cumprod,
-                self.hybrid_k,
-                self.schedule_steps,
-                self.teacher_guidance,
-                self.adapter,
-                None,
-                teacher_denoiser=teacher,
-                alpha_T=bb.cfg.alpha_T,
-            )
-        return ddim_sample(
-            bb.denoiser, z, cond, uncond, bb.alphas_cumprod, self.steps, self.guidance_scale, self.adapter
-        )
-
-    @torch.no_grad()
-    def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            chunk_prompts = list(prompts[i : i + self.batch_size])
-            chunk_seeds = list(seeds[i : i + self.batch_size])
-            n = len(chunk_prompts)
-            if self.compiled:  # pad the last batch, so the compiled graphs see one shape only
-                chunk_prompts += chunk_prompts[-1:] * (self.batch_size - n)
-                chunk_seeds += chunk_seeds[-1:] * (self.batch_size - n)
-            x0 = self.latents(chunk_prompts, chunk_seeds)
-            out.append(self.backbone.decode(x0)[:n].cpu())
-        return torch.cat(out)
-
-
-def _backbone_cfg_for_dir(path: Path, info: dict | None) -> BackboneConfig:
-    """Backbone settings for a plain diffusers directory (export info if present, else read from the dir)."""
-    if info is not None:
-        return BackboneConfig.from_mapping({**info["backbone"], "pretrained": str(path)})
-    kind = "pixart" if (path / "transformer").is_dir() else "unet"
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    sub = "transformer" if kind == "pixart" else "unet"
-    config = json.loads((path / sub / "config.json").read_text())
-    vae = json.loads((path / "vae" / "config.json").read_text())
-    factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    return BackboneConfig(
-        name=path.name,
-        kind=kind,
-        pretrained=str(path),
-        resolution=config["sample_size"] * factor,
-        latent_size=config["sample_size"],
-        text_max_length=tok.model_max_length,
-        use_text_mask=kind == "pixart",
-    )
-
-
-def load_generator(
-    model: str | Path,
-    teacher_steps: int | None = None,
-    guidance_scale: float = 1.0,
-    device: str | torch.device = "cpu",
-    batch_size: int = 16,
-    use_ema: bool = True,
-    hybrid_k: int = 0,
-    schedule_steps: int = 25,
-    teacher_guidance: float = 0.0,
-    teacher: str | Path | None = None,
-    compile: bool = False,
-) -> Generator:
-    """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir.
-
-    hybrid_k > 0: hybrid sampling, the teacher's first k of `schedule_steps` DDIM steps then the student. A
-    checkpoint carries its teacher (the adapter-free base); a merged export needs `teacher=<dir>`.
-    compile: torch.compile the denoiser and VAE decoder once on `device` (`Generator.compile`).
-    """
-    hybrid = {"hybrid_k": hybrid_k, "schedule_steps": schedule_steps, "teacher_guidance": teacher_guidance}
-    path = Path(str(model)).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model not found at {path}: expected a wadi export dir, a .ckpt, or a diffusers dir"
-        )
-    if path.is_file():
-        module = load_module_from_checkpoint(path)
-        if use_ema and module.ema is not None:
-            module.ema.copy_to_params()
-        module.eval()
-        gen = Generator(
-            module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module, **hybrid
-        )
-        gen = gen.to(device)
-        return gen.compile() if compile else gen
-    info_path = path / EXPORT_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    if info is None and teacher_steps is None:
-        raise ValueError(
-            f"{path} is not a wadi export (no {EXPORT_INFO}); to sample it as a teacher pass teacher_steps=N"
-        )
-    backbone = load_backbone(_backbone_cfg_for_dir(path, info))
-    backbone.eval()
-    teacher_bb = None
-    if hybrid_k > 0:
-        if teacher is None:
-            raise ValueError(
-                "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
-            )
-        teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
-    gen = Generator(
-        backbone, None, teacher_steps, guidance_scale, batch_size, teacher=teacher_bb, **hybrid
-    ).to(device)
-    return gen.compile() if compile else gen
-
-
-def load_checkpoint_file(path: str | Path) -> dict:
-    """torch.load with weights_only=True: a checkpoint is data, never code (a crafted pickle cannot run)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError for code or unknown globals, RuntimeError for a non-zip file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{path} is not a wadi checkpoint that loads as plain data (tensors, numbers, strings): {first}. "
-            "wadi never unpickles code from a checkpoint; re-save it with wadi.train."
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} is not a wadi checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
-    return checkpoint
-
-
-def load_module_from_checkpoint(path: str | Path):
-    """Rebuild the WaDiModule a checkpoint was trained with (from its stored config) and load its adapters."""
-    from hydra.utils import instantiate
-
-    from wadi.distill.guards import check_finite
-
-    checkpoint = load_checkpoint_file(path)
-    meta = checkpoint.get("wadi")
-    if meta is None or not meta.get("config"):
-        raise ValueError(f"{path} is not a wadi checkpoint (no 'wadi' entry with the run's config)")
-    check_finite(checkpoint["state_dict"], f"loading checkpoint {path}")  # before the model loads
-    cfg = OmegaConf.create(meta["config"])
-    module = instantiate(cfg.module, _convert_="all")
-    module.on_load_checkpoint(checkpoint)
-    module.load_state_dict(checkpoint["state_dict"], strict=False)
-    return module
+# Re-exported: the loaders lived here before wadi.generation (other modules' tests import them from here).
+from wadi.generation import (  # noqa: F401
+    Generator,
+    generator_from_config,
+    load_checkpoint_file,
+    load_generator,
+    load_module_from_checkpoint,
+)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
@@ -245,19 +34,7 @@ def main(cfg: DictConfig) -> None:
     prompts = list(cfg.prompts)
     seeds = list(cfg.seeds) if cfg.seeds else list(range(cfg.seed, cfg.seed + len(prompts) * cfg.per_prompt))
     prompts = [p for p in prompts for _ in range(cfg.per_prompt)] if not cfg.seeds else prompts
-    gen = load_generator(
-        cfg.model,
-        cfg.teacher_steps,
-        cfg.guidance_scale,
-        device,
-        cfg.batch_size,
-        hybrid_k=cfg.hybrid_k,
-        schedule_steps=cfg.schedule_steps,
-        teacher_guidance=cfg.teacher_guidance,
-        teacher=cfg.teacher,
-        compile=cfg.compile,
-    )
-    images = gen(prompts, seeds)
+    images = generator_from_config(cfg.generation, device)(prompts, seeds)
     out = Path(cfg.out)
     names = [f"{i:04d}_seed{s}" for i, s in enumerate(seeds)]
     save_images(images, out, names)

@@ -223,15 +223,15 @@ def unload_lora(target, adapter_name: str | None = None) -> None:
 def apply_lora(
     model_dir_or_generator, lora_path: str | Path, scale: float = 1.0, adapter_name: str = "lora", **load
 ):
-    """A `wadi.sample.Generator` with the LoRA at `lora_path` on its denoiser (returned for chaining).
+    """A `wadi.generation.Generator` with the LoRA at `lora_path` on its denoiser (returned for chaining).
 
-    `model_dir_or_generator`: a Generator, or anything `wadi.sample.load_generator` loads (a merged export,
+    `model_dir_or_generator`: a Generator, or anything `wadi.generation.load_generator` loads (a merged export,
     a checkpoint, or a teacher dir with `teacher_steps=N`); `load` is passed on to it. A hybrid generator's
     separate teacher is left as it is.
     """
     gen = model_dir_or_generator
     if isinstance(gen, (str, Path)):
-        from wadi.sample import load_generator
+        from wadi.generation import load_generator
 
         gen = load_generator(gen, **load)
     elif load:
@@ -293,7 +293,7 @@ def train_lora(
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    from wadi.sample import load_generator
+    from wadi.generation import load_generator
 
     if (latents is None) == (images is None):
         raise ValueError("train_lora needs exactly one of `latents` or `images`")

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from wadi.config import CONF_DIR
-from wadi.sample import load_generator
+from wadi.generation import load_generator
 from wadi.toy.assets import toy_asset_path
 from wadi.toy.classifier import load_classifier
 from wadi.toy.world import COLORS, POSITIONS, parse_caption, render

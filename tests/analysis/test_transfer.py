@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from wadi.backbones import Conditioning
-from wadi.sample import load_generator
-from wadi.sampling import seeded_noise
+from wadi.generation import load_generator
+from wadi.samplers import seeded_noise
 from wadi.testing import tiny_backbone_config
 from wadi.transfer import (
     add_lora,

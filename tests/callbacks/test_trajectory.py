@@ -11,7 +11,7 @@ from PIL import Image
 
 from wadi.analysis.trajectory import decode_trajectory, sample_trajectory, save_strips, trajectory_strip
 from wadi.callbacks.trajectory import TrajectoryCallback
-from wadi.sampling import ddim_sample, hybrid_sample, seeded_noise
+from wadi.samplers import ddim_sample, hybrid_sample, seeded_noise
 from wadi.testing import tiny_backbone_config
 
 PROMPTS = ["a red circle", "a blue square"]

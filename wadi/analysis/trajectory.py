@@ -18,7 +18,7 @@ from torch import Tensor
 from wadi.backbones.conditioning import Conditioning
 from wadi.backbones.denoiser import Denoiser
 from wadi.images import make_grid
-from wadi.sampling import ddim_sample, hybrid_sample, one_step, seeded_noise
+from wadi.samplers import build_sampler
 
 
 @torch.no_grad()
@@ -38,63 +38,34 @@ def sample_trajectory(
     teacher_denoiser: Denoiser | None = None,
     alpha_T: float | None = None,
 ) -> Tensor:
-    """Predicted x0 latents of every step, (S, B, C, h, w).
+    """Predicted x0 latents of every step, (S, B, C, h, w), of the sampler `build_sampler` makes of the flags.
 
     steps=N: N-step DDIM with CFG `guidance_scale` under `adapter` (a teacher: adapter=None).
     hybrid_k=k > 0: the teacher's first k steps of a `schedule_steps` schedule (the adapter-free base of
     `denoiser`, or `teacher_denoiser`), then the one-step student under `adapter`: S = k + 1.
     Neither: the one-step student alone (S = 1), with the backbone's `alpha_T`.
     """
+    sampler = build_sampler(
+        steps, guidance_scale, adapter, hybrid_k, schedule_steps, teacher_guidance, teacher_denoiser, alpha_T
+    )
+    return run_trajectory(sampler, denoiser, z, cond, uncond, alphas_cumprod)
+
+
+def run_trajectory(sampler, denoiser, z, cond, uncond, alphas_cumprod) -> Tensor:
+    """(S, B, C, h, w) float32: the predicted x0 of every step of `sampler` (a wadi.samplers sampler)."""
     trajectory: list[Tensor] = []
-    if steps is not None:
-        ddim_sample(
-            denoiser, z, cond, uncond, alphas_cumprod, steps, guidance_scale, adapter, trajectory=trajectory
-        )
-    elif hybrid_k > 0:
-        hybrid_sample(
-            denoiser,
-            z,
-            cond,
-            uncond,
-            alphas_cumprod,
-            hybrid_k,
-            schedule_steps,
-            teacher_guidance,
-            student_adapter=adapter,
-            teacher_adapter=None,
-            trajectory=trajectory,
-            teacher_denoiser=teacher_denoiser,
-        )
-    else:
-        trajectory.append(one_step(denoiser, z, cond, alphas_cumprod, adapter, alpha_T))
+    sampler(denoiser, z, cond, uncond, alphas_cumprod, trajectory=trajectory)
     return torch.stack([x.float() for x in trajectory])
 
 
 @torch.no_grad()
 def generator_trajectory(gen, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
-    """The x0 trajectory of a `wadi.sample.Generator` run with its own settings, (S, B, C, h, w)."""
+    """The x0 trajectory of a `wadi.generation.Generator` run with its own sampler, (S, B, C, h, w)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-    bb = gen.backbone
-    dtype = next(bb.denoiser.parameters()).dtype
-    embeds, mask = bb.text_encoder.encode(list(prompts))
-    null_embeds, null_mask = bb.text_encoder.encode([""])
-    z = seeded_noise(list(seeds), bb.latent_shape, gen.device, dtype)
-    return sample_trajectory(
-        bb.denoiser,
-        z,
-        Conditioning(embeds.to(dtype), mask),
-        Conditioning(null_embeds.to(dtype), null_mask),
-        bb.alphas_cumprod,
-        steps=gen.steps,
-        guidance_scale=gen.guidance_scale,
-        adapter=gen.adapter,
-        hybrid_k=gen.hybrid_k,
-        schedule_steps=gen.schedule_steps,
-        teacher_guidance=gen.teacher_guidance,
-        teacher_denoiser=gen.teacher.denoiser if gen.teacher is not None else None,
-        alpha_T=bb.cfg.alpha_T,
-    )
+    trajectory: list[Tensor] = []
+    gen.latents(prompts, seeds, trajectory=trajectory)
+    return torch.stack([x.float() for x in trajectory])
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, c
 from wadi.distill.losses import add_noise, fake_score_loss, generator_loss
 from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
-from wadi.sampling import one_step, seeded_noise
+from wadi.samplers import one_step, seeded_noise
 from wadi.speed import COMPILE_CHOICES, compile_frozen_passes, compile_training_passes
 
 GENERATOR = "generator"

@@ -1,19 +1,22 @@
-"""Samplers: DDIM against diffusers' DDIMScheduler, hybrid sampling limits, trajectories."""
+"""Samplers (wadi.samplers): DDIM against diffusers' DDIMScheduler, hybrid sampling limits, the factory."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDIMScheduler
 
 from wadi.backbones import Conditioning, load_backbone
-from wadi.sampling import ddim_sample, ddim_timesteps, hybrid_sample, one_step, seeded_noise
-
-
-def test_trailing_timesteps_match_diffusers():
-    s = DDIMScheduler(timestep_spacing="trailing")
-    for steps in (1, 4, 25):
-        s.set_timesteps(steps)
-        assert ddim_timesteps(1000, steps) == s.timesteps.tolist()
+from wadi.samplers import (
+    DDIM,
+    Hybrid,
+    OneStep,
+    build_sampler,
+    ddim_sample,
+    hybrid_sample,
+    one_step,
+    seeded_noise,
+)
 
 
 def test_ddim_matches_diffusers_scheduler(tiny_sd_cfg):
@@ -67,3 +70,27 @@ def test_seeded_noise_is_batch_independent():
     a = seeded_noise([1, 2, 3], (4, 2, 2), "cpu")
     b = seeded_noise([2], (4, 2, 2), "cpu")
     assert torch.equal(a[1], b[0])
+
+
+def test_factory_dispatch():
+    assert build_sampler(steps=25, guidance_scale=3.0, adapter=None) == DDIM(25, 3.0, None)
+    assert build_sampler(steps=None, alpha_T=0.1) == OneStep("generator", 0.1)
+    hybrid = build_sampler(hybrid_k=2, schedule_steps=10, teacher_guidance=1.5)
+    assert hybrid == Hybrid(2, 10, 1.5, "generator", None, None, None)
+    assert build_sampler(steps=4, hybrid_k=2) == DDIM(4, 1.0, "generator")  # steps wins, as before
+    assert not OneStep().needs_uncond and DDIM(2).needs_uncond and hybrid.needs_uncond
+    with pytest.raises(ValueError, match="teacher_steps must be in"):
+        build_sampler(hybrid_k=30, schedule_steps=25)
+
+
+def test_hybrid_of_all_teacher_steps_is_ddim(tiny_sd_cfg):
+    """One DDIM loop: the hybrid with k = schedule_steps is the teacher's DDIM, trajectory included."""
+    bb = load_backbone(tiny_sd_cfg)
+    cond = Conditioning(*bb.text_encoder.encode(["a red circle"]))
+    uncond = Conditioning(*bb.text_encoder.encode([""]))
+    z = seeded_noise([5], bb.latent_shape, "cpu")
+    traj_d, traj_h = [], []
+    d = DDIM(3, 2.0, None)(bb.denoiser, z, cond, uncond, bb.alphas_cumprod, traj_d)
+    h = Hybrid(3, 3, 2.0)(bb.denoiser, z, cond, uncond, bb.alphas_cumprod, traj_h)
+    assert torch.equal(d, h) and all(torch.equal(a, b) for a, b in zip(traj_d, traj_h))
+    assert torch.equal(traj_d[-1], d)
