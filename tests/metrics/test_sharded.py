@@ -222,7 +222,7 @@ def test_eval_configs_compose():
             assert cfg.eval.resolution == 256 and cfg.eval.seed == 0 and cfg.eval.allow_download is False
             assert cfg.eval.inception_path.endswith("inception-2015-12-05.pt")
         toy = compose("evaluate", overrides=["model=x", "eval=toy"])
-        assert toy.eval._target_ == "wadi.evaluate.ToyPromptEvaluator"
+        assert toy.eval._target_ == "wadi.evaluation.ToyPromptEvaluator"
 
 
 @pytest.mark.slow

@@ -15,14 +15,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from wadi.evaluate import evaluate_prompts
+from wadi.evaluation import evaluate_prompts
 from wadi.images import save_grid
 
 
 class EvalCallback(L.Callback):
     """Evaluate the first `n_samples` of `evaluator.prompts()` (all if None) every `every_n_steps` steps.
 
-    `evaluator`: a wadi.evaluate.CocoEvaluator or ToyPromptEvaluator (conf/eval/*.yaml); its weights and
+    `evaluator`: a wadi.evaluation.CocoEvaluator or ToyPromptEvaluator (conf/eval/*.yaml); its weights and
     reference statistics load at the first evaluation, on the module's device.
     """
 
