@@ -173,7 +173,8 @@ def lorad_student(tiny_sd_dir, tmp_path_factory):
 def test_weights_cli_on_a_lorad_student(tiny_sd_dir, lorad_student, tmp_path):
     from safetensors.torch import load_file
 
-    from wadi.analyze import DenoiserWeights, main
+    from wadi.analysis.compare import DenoiserWeights
+    from wadi.analyze import main
 
     out = tmp_path / "analysis"
     main(["weights", f"a={tiny_sd_dir}", f"b={lorad_student}", f"out={out}"])
@@ -208,7 +209,7 @@ def test_weights_cli_on_a_lorad_student(tiny_sd_dir, lorad_student, tmp_path):
 
 
 def test_weights_of_a_model_against_itself(tiny_sd_dir, tmp_path):
-    from wadi.analyze import analyze_weights
+    from wadi.analysis.compare import analyze_weights
 
     result = analyze_weights(tiny_sd_dir, tiny_sd_dir, tmp_path, blocks=["mid_block"], svd=False, plots=False)
     overall = result["summary"]["overall"]
@@ -223,7 +224,7 @@ def test_weights_of_a_model_against_itself(tiny_sd_dir, tmp_path):
 def DenoiserWeightsFiles(root):
     from safetensors.torch import load_file
 
-    from wadi.analyze import weight_files
+    from wadi.analysis.compare import weight_files
 
     out = {}
     for f in weight_files(root / "unet"):
@@ -232,7 +233,7 @@ def DenoiserWeightsFiles(root):
 
 
 def test_weights_needs_a_teacher_for_a_dir(tiny_sd_dir, tmp_path):
-    from wadi.analyze import analyze_weights
+    from wadi.analysis.compare import analyze_weights
 
     with pytest.raises(ValueError, match="teacher `a` is required"):
         analyze_weights(None, tiny_sd_dir, tmp_path)
@@ -242,7 +243,7 @@ def test_weights_needs_a_teacher_for_a_dir(tiny_sd_dir, tmp_path):
 
 def test_weights_of_a_checkpoint_default_to_its_teacher(tiny_sd_dir, tmp_path):
     """b = a wadi .ckpt: exported (generator merged) first; a defaults to the teacher it was trained from."""
-    from wadi.analyze import analyze_weights
+    from wadi.analysis.compare import analyze_weights
     from wadi.distill.module import WaDiModule
     from wadi.testing import tiny_backbone_config
 

@@ -7,6 +7,7 @@ teacher steps restores diversity. One horizontal strip per prompt, left to right
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,4 +97,55 @@ def save_strips(images: Tensor, directory: str | Path, names: Sequence[str], pad
     for frames, name in zip(images, names):
         paths.append(directory / f"{name}.png")
         Image.fromarray(trajectory_strip(frames, pad)).save(paths[-1])
+    return paths
+
+
+def analyze_trajectory(
+    model: str | Path,
+    prompts: Sequence[str],
+    out: str | Path,
+    steps: int = 25,
+    teacher_steps: int = 1,
+    guidance_scale: float = 1.0,
+    teacher_guidance: float = 0.0,
+    teacher: str | Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[Path]:
+    """One strip per prompt (seed = seed + prompt index) of the decoded x0 predictions; returns the PNG paths.
+
+    A teacher dir (no wadi_export.json) runs `steps`-step DDIM with CFG `guidance_scale`; a student (export or
+    .ckpt) runs the hybrid sampler: the teacher's first `teacher_steps` of a `steps`-step schedule (CFG
+    `teacher_guidance`), then the student. Writes <out>/trajectory_NN.png and <out>/prompts.json.
+    """
+    from wadi.export import EXPORT_INFO
+    from wadi.generation import load_generator
+
+    path = Path(str(model)).expanduser()
+    if path.is_dir() and not (path / EXPORT_INFO).is_file():
+        gen = load_generator(path, teacher_steps=steps, guidance_scale=guidance_scale, device=device)
+    else:
+        gen = load_generator(
+            path,
+            device=device,
+            hybrid_k=teacher_steps,
+            schedule_steps=steps,
+            teacher_guidance=teacher_guidance,
+            teacher=teacher,
+        )
+    prompts = list(prompts)
+    seeds = [seed + i for i in range(len(prompts))]
+    images = decode_trajectory(gen.backbone, generator_trajectory(gen, prompts, seeds))
+    names = [f"trajectory_{i:02d}" for i in range(len(prompts))]
+    paths = save_strips(images, out, names)
+    frames = images.shape[1]
+    (Path(str(out)) / "prompts.json").write_text(
+        json.dumps(
+            [
+                {"file": p.name, "prompt": q, "seed": s, "frames": frames}
+                for p, q, s in zip(paths, prompts, seeds)
+            ],
+            indent=2,
+        )
+    )
     return paths
