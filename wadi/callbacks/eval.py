@@ -15,8 +15,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from wadi.callbacks.images import generate_and_save, step_path
 from wadi.evaluation import evaluate_prompts
-from wadi.images import save_grid
 
 
 class EvalCallback(L.Callback):
@@ -85,10 +85,12 @@ class EvalCallback(L.Callback):
     def _grid(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path | None:
         """The first `grid_size` evaluation prompts with their seeds: the same images at every step."""
         prompts = self._prompts()[: self.grid_size]
-        images = pl_module.generate([p.caption for p in prompts], [p.seed for p in prompts])
-        if not trainer.is_global_zero:
-            return None
-        return save_grid(images.float().cpu(), self._dir(trainer) / f"step{step:07d}.png")
+        return generate_and_save(
+            trainer,
+            pl_module,
+            lambda: pl_module.generate([p.caption for p in prompts], [p.seed for p in prompts]).float().cpu(),
+            step_path(trainer, self.dirpath, "eval"),  # = self._dir(trainer) / f"step{step:07d}.png"
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

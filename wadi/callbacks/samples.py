@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
-import torch
 
-from wadi.images import save_grid
+from wadi.callbacks.images import generate_and_save, step_path
 
 
 class SampleGridCallback(L.Callback):
@@ -29,25 +27,18 @@ class SampleGridCallback(L.Callback):
         self.seed = seed
 
     def _grid(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Every rank generates (under trainer=fsdp the forward gathers shards: a collective); rank 0 saves.
         if not self.prompts:
             return
         prompts = [p for p in self.prompts for _ in range(self.seeds_per_prompt)]
         seeds = [self.seed + i for i in range(len(prompts))]
-        was_training = module.training
-        module.eval()
-        with torch.no_grad():
-            images = module.generate(prompts, seeds)
-        module.train(was_training)
-        if not trainer.is_global_zero:
-            return
-        out = (
-            Path(self.dirpath or trainer.default_root_dir) / "samples" / f"step{trainer.global_step:07d}.png"
+        generate_and_save(
+            trainer,
+            module,
+            lambda: module.generate(prompts, seeds),
+            step_path(trainer, self.dirpath, "samples"),
+            nrow=self.seeds_per_prompt * max(1, min(4, len(self.prompts))),
+            log_key="samples",
         )
-        save_grid(images, out, nrow=self.seeds_per_prompt * max(1, min(4, len(self.prompts))))
-        logger = trainer.logger
-        if logger is not None and hasattr(logger, "log_image"):
-            logger.log_image(key="samples", images=[str(out)], step=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:

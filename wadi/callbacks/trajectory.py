@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import lightning as L
 import torch
 
 from wadi.analysis.trajectory import decode_trajectory, sample_trajectory
-from wadi.images import save_grid
-from wadi.sampling import seeded_noise
+from wadi.callbacks.images import generate_and_save, step_path
+from wadi.samplers import seeded_noise
 
 
 class TrajectoryCallback(L.Callback):
@@ -70,23 +69,15 @@ class TrajectoryCallback(L.Callback):
         return decode_trajectory(backbone, latents)
 
     def _save(self, trainer: L.Trainer, pl_module) -> None:
-        # Every rank generates (under trainer=fsdp the forward gathers shards: a collective); rank 0 saves.
         if not self.prompts:
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            images = self.trajectory_images(pl_module)
-        finally:
-            pl_module.train(was_training)
-        if not trainer.is_global_zero:
-            return
-        root = Path(self.dirpath or trainer.default_root_dir)
-        out = root / "trajectories" / f"step{trainer.global_step:07d}.png"
-        save_grid(images.flatten(0, 1), out, nrow=images.shape[1])
-        logger = trainer.logger
-        if logger is not None and hasattr(logger, "log_image"):
-            logger.log_image(key="trajectories", images=[str(out)], step=trainer.global_step)
+        generate_and_save(
+            trainer,
+            pl_module,
+            lambda: self.trajectory_images(pl_module),  # (P, S, 3, H, W): one row per prompt
+            step_path(trainer, self.dirpath, "trajectories"),
+            log_key="trajectories",
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:

@@ -1,0 +1,48 @@
+"""The one generate-and-save step of the image callbacks (sample grids, trajectories, evaluation grids)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from wadi.images import save_grid
+
+
+def step_path(trainer: L.Trainer, dirpath: str | None, folder: str) -> Path:
+    """<dirpath or the run dir>/<folder>/stepNNNNNNN.png for the trainer's current step."""
+    return Path(dirpath or trainer.default_root_dir) / folder / f"step{trainer.global_step:07d}.png"
+
+
+def generate_and_save(
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    make_images: Callable[[], torch.Tensor],
+    path: Path,
+    nrow: int | None = None,
+    log_key: str | None = None,
+) -> Path | None:
+    """Run `make_images()` in eval mode without gradients on every rank (under trainer=fsdp the forward
+    gathers shards: a collective), then on rank 0 save them as a grid at `path` and, with `log_key`, send
+    it to the logger when it can log images. Returns the path on rank 0, None elsewhere.
+
+    `make_images` returns (N, 3, H, W) images in [0, 1], or (B, S, 3, H, W) to save one row of S per entry.
+    """
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            images = make_images()
+    finally:
+        pl_module.train(was_training)
+    if not trainer.is_global_zero:
+        return None
+    if images.ndim == 5:
+        images, nrow = images.flatten(0, 1), images.shape[1]
+    save_grid(images, path, nrow=nrow)
+    logger = trainer.logger
+    if log_key is not None and logger is not None and hasattr(logger, "log_image"):
+        logger.log_image(key=log_key, images=[str(path)], step=trainer.global_step)
+    return path
