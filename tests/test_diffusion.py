@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -11,6 +13,8 @@ from wadi.diffusion import (
     ddim_step,
     ddim_timesteps,
     generator_schedule,
+    min_snr_weight,
+    posterior_log_variance,
     x0_from_eps,
 )
 
@@ -60,3 +64,26 @@ def test_ddim_step_formula_and_last_step_is_x0():
     assert torch.allclose(x_prev, acp[499].sqrt() * direct_x0 + (1 - acp[499]).sqrt() * eps)
     last, x0_last = ddim_step(x, eps, acp, 39, None)
     assert torch.equal(last, x0_last)
+
+
+def test_min_snr_weight_matches_formula():
+    abar = torch.linspace(0.999, 0.001, 1000)
+    t = torch.tensor([0, 10, 500, 999])
+    snr = abar[t] / (1 - abar[t])
+    expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
+    assert torch.allclose(min_snr_weight(abar, t, 5.0), expected)
+    assert torch.equal(min_snr_weight(abar, t, None), torch.ones(4))
+
+
+def test_posterior_variance_matches_ddpm():
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    log_beta, log_var = posterior_log_variance(sched.alphas_cumprod)
+    # betas recovered from float32 alphas_cumprod: ~1e-7 absolute, so ~1e-3 relative at beta = 1e-4
+    assert torch.allclose(log_beta.exp(), sched.betas, rtol=5e-3)
+    t = 500
+    abar, abar_prev = sched.alphas_cumprod[t].double(), sched.alphas_cumprod[t - 1].double()
+    direct = (1 - abar_prev) / (1 - abar) * sched.betas[t].double()
+    assert math.isclose(float(log_var[t].exp()), float(direct), rel_tol=1e-5)
+    assert log_var[0] == log_var[1]  # clipped at t = 0

@@ -1,43 +1,18 @@
-"""`python -m wadi.toy.pretrain`: its math against direct formulas, and every stage end to end on tiny models."""
+"""`python -m wadi.toy.pretrain` (wadi.toy.training): its LR schedule, and every stage end to end on tiny models."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from wadi.toy.classifier import one_cycle
-from wadi.toy.pretrain import lr_factor, min_snr_weight, posterior_log_variance
+from wadi.toy.training import lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_min_snr_weight_matches_formula():
-    abar = torch.linspace(0.999, 0.001, 1000)
-    t = torch.tensor([0, 10, 500, 999])
-    snr = abar[t] / (1 - abar[t])
-    expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
-    assert torch.allclose(min_snr_weight(abar, t, 5.0), expected)
-    assert torch.equal(min_snr_weight(abar, t, None), torch.ones(4))
-
-
-def test_posterior_variance_matches_ddpm():
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
-    log_beta, log_var = posterior_log_variance(sched.alphas_cumprod)
-    # betas recovered from float32 alphas_cumprod: ~1e-7 absolute, so ~1e-3 relative at beta = 1e-4
-    assert torch.allclose(log_beta.exp(), sched.betas, rtol=5e-3)
-    t = 500
-    abar, abar_prev = sched.alphas_cumprod[t].double(), sched.alphas_cumprod[t - 1].double()
-    direct = (1 - abar_prev) / (1 - abar) * sched.betas[t].double()
-    assert math.isclose(float(log_var[t].exp()), float(direct), rel_tol=1e-5)
-    assert log_var[0] == log_var[1]  # clipped at t = 0
 
 
 def test_schedules():
@@ -97,7 +72,7 @@ def test_every_stage_on_tiny_models_then_resume(tmp_path):
 def test_unknown_stage_and_missing_vae_are_clear(tmp_path):
     from omegaconf import OmegaConf
 
-    from wadi.toy.pretrain import load_vae, pretrain
+    from wadi.toy.training import load_vae, pretrain
 
     cfg = OmegaConf.create({"stages": ["unet"], "out_dir": str(tmp_path), "device": "cpu"})
     with pytest.raises(ValueError, match=r"unknown pretraining stage.*'unet'"):
