@@ -29,26 +29,16 @@ def sample_trajectory(
     cond: Conditioning,
     uncond: Conditioning,
     alphas_cumprod: Tensor,
-    *,
-    steps: int | None = None,
-    guidance_scale: float = 1.0,
-    adapter: str | None = None,
-    hybrid_k: int = 0,
-    schedule_steps: int = 25,
-    teacher_guidance: float = 0.0,
-    teacher_denoiser: Denoiser | None = None,
-    alpha_T: float | None = None,
+    **flags,
 ) -> Tensor:
-    """Predicted x0 latents of every step, (S, B, C, h, w), of the sampler `build_sampler` makes of the flags.
+    """Predicted x0 latents of every step, (S, B, C, h, w), of the sampler `build_sampler(**flags)` makes.
 
-    steps=N: N-step DDIM with CFG `guidance_scale` under `adapter` (a teacher: adapter=None).
+    steps=N: N-step DDIM with CFG `guidance_scale` under `adapter` (a teacher: adapter=None, the default here).
     hybrid_k=k > 0: the teacher's first k steps of a `schedule_steps` schedule (the adapter-free base of
     `denoiser`, or `teacher_denoiser`), then the one-step student under `adapter`: S = k + 1.
     Neither: the one-step student alone (S = 1), with the backbone's `alpha_T`.
     """
-    sampler = build_sampler(
-        steps, guidance_scale, adapter, hybrid_k, schedule_steps, teacher_guidance, teacher_denoiser, alpha_T
-    )
+    sampler = build_sampler(**{"adapter": None, **flags})
     return run_trajectory(sampler, denoiser, z, cond, uncond, alphas_cumprod)
 
 

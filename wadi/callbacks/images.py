@@ -46,3 +46,19 @@ def generate_and_save(
     if log_key is not None and logger is not None and hasattr(logger, "log_image"):
         logger.log_image(key=log_key, images=[str(path)], step=trainer.global_step)
     return path
+
+
+class PeriodicImages(L.Callback):
+    """Calls `save(trainer, pl_module)` every `every_n_steps` training steps (0: never) and at the end."""
+
+    every_n_steps: int
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer, pl_module)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from wadi.callbacks.images import generate_and_save, step_path
+from wadi.callbacks.images import PeriodicImages, generate_and_save, step_path
 
 
-class SampleGridCallback(L.Callback):
+class SampleGridCallback(PeriodicImages):
     """Generate `prompts` x `seeds_per_prompt` one-step images every `every_n_steps` and at the end."""
 
     def __init__(
@@ -26,7 +26,7 @@ class SampleGridCallback(L.Callback):
         self.dirpath = dirpath
         self.seed = seed
 
-    def _grid(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not self.prompts:
             return
         prompts = [p for p in self.prompts for _ in range(self.seeds_per_prompt)]
@@ -39,10 +39,3 @@ class SampleGridCallback(L.Callback):
             nrow=self.seeds_per_prompt * max(1, min(4, len(self.prompts))),
             log_key="samples",
         )
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self._grid(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._grid(trainer, pl_module)

@@ -9,11 +9,11 @@ import lightning as L
 import torch
 
 from wadi.analysis.trajectory import decode_trajectory, sample_trajectory
-from wadi.callbacks.images import generate_and_save, step_path
+from wadi.callbacks.images import PeriodicImages, generate_and_save, step_path
 from wadi.samplers import seeded_noise
 
 
-class TrajectoryCallback(L.Callback):
+class TrajectoryCallback(PeriodicImages):
     """Every `every_n_steps` (and at the end) save `trajectories/stepNNNNNNN.png`: one row per prompt.
 
     Each row is a hybrid run: the teacher (the module's adapter-free base, CFG `teacher_guidance`) takes the
@@ -68,7 +68,7 @@ class TrajectoryCallback(L.Callback):
             )
         return decode_trajectory(backbone, latents)
 
-    def _save(self, trainer: L.Trainer, pl_module) -> None:
+    def save(self, trainer: L.Trainer, pl_module) -> None:
         if not self.prompts:
             return
         generate_and_save(
@@ -78,10 +78,3 @@ class TrajectoryCallback(L.Callback):
             step_path(trainer, self.dirpath, "trajectories"),
             log_key="trajectories",
         )
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self._save(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._save(trainer, pl_module)
