@@ -3,7 +3,7 @@
 `model` is a merged WaDi export, a wadi checkpoint (.ckpt, rebuilt from its stored config), or with
 `teacher_steps=N` any diffusers directory (the teacher, DDIM + CFG). `generator_from_config` builds one from
 a `generation` config node (conf/generation/default.yaml). The library behind `python -m wadi.sample`,
-`wadi.evaluate`, `wadi.analyze` and `wadi.transfer`.
+`wadi.evaluate`, `wadi.analyze` and `wadi.analysis.transfer`.
 """
 
 from __future__ import annotations

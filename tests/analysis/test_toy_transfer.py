@@ -9,12 +9,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from wadi.analysis.transfer import add_lora, train_lora, unload_lora
 from wadi.config import CONF_DIR
 from wadi.generation import load_generator
 from wadi.toy.assets import toy_asset_path
 from wadi.toy.classifier import load_classifier
 from wadi.toy.world import COLORS, POSITIONS, parse_caption, render
-from wadi.transfer import add_lora, train_lora, unload_lora
 
 PROMPT = "a large red circle at the center"
 SHIFTED = "a large blue circle at the center"  # what the LoRA's training images show

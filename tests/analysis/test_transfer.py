@@ -7,11 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from wadi.backbones import Conditioning
-from wadi.generation import load_generator
-from wadi.samplers import seeded_noise
-from wadi.testing import tiny_backbone_config
-from wadi.transfer import (
+from wadi.analysis.transfer import (
     add_lora,
     apply_lora,
     lora_layer_names,
@@ -20,6 +16,10 @@ from wadi.transfer import (
     train_lora,
     unload_lora,
 )
+from wadi.backbones import Conditioning
+from wadi.generation import load_generator
+from wadi.samplers import seeded_noise
+from wadi.testing import tiny_backbone_config
 
 PROMPTS = ["a red circle", "a blue square"]
 SEEDS = [0, 1]

@@ -1,4 +1,6 @@
-"""Analysis tools from the papers: weight norm vs direction (WaDi), x0 trajectories (diversity distillation)."""
+"""Analysis tools from the papers: weight norm vs direction (WaDi), x0 trajectories and control transfer
+(diversity distillation): the math (weights), reading and comparing models (compare), plots, trajectories,
+LoRA transfer (transfer)."""
 
 from wadi.analysis.weights import (
     angle_change,
