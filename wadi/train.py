@@ -172,7 +172,7 @@ def _whole_copy(cfg: DictConfig, module):
     return fresh
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     return metrics.get("train/loss_generator")
