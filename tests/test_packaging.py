@@ -77,3 +77,23 @@ def test_build_has_no_license_metadata_warnings(installed):
     assert "Building wheel for wadi" in log
     assert "project.license" not in log and "License classifiers are deprecated" not in log, log
     assert "BuildBackendWarning" not in log, log
+
+
+def test_make_clean_keeps_runs(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    shutil.copy2(REPO / "Makefile", tmp_path / "Makefile")
+    runs = [
+        tmp_path / "outputs" / "toy_r64" / "checkpoints",
+        tmp_path / "outputs" / "multirun" / "a",
+        tmp_path / "multirun",
+    ]
+    for folder in runs:
+        folder.mkdir(parents=True)
+        (folder / "last.ckpt").write_bytes(b"run")
+    (tmp_path / ".pytest_cache").mkdir()
+    (tmp_path / "wadi" / "__pycache__").mkdir(parents=True)
+    out = subprocess.run(["make", "clean"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert all((folder / "last.ckpt").is_file() for folder in runs)
+    assert not (tmp_path / ".pytest_cache").exists() and not (tmp_path / "wadi" / "__pycache__").exists()
