@@ -3,6 +3,7 @@ max_steps >= 1, last.ckpt is the final state, checkpoints in <run_dir>/checkpoin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,18 @@ def test_last_ckpt_is_the_final_state(tmp_path, tiny_sd_dir):
     train(_cfg(run, tiny_sd_dir, "max_steps=3"))  # checkpoints every 2 steps: the stock last.ckpt is step 2
     assert _step(run / "checkpoints" / "last.ckpt") == 3
     assert (run / "checkpoints" / "step0000002.ckpt").is_file()
+    # resuming from that final state continues the run exactly as one uninterrupted run
+    rec = "+callbacks.recorder._target_=wadi.testing.LossRecorder"
+    resumed, straight = tmp_path / "resumed.json", tmp_path / "straight.json"
+    train(_cfg(run, tiny_sd_dir, "max_steps=5", "ckpt_path=last", rec, f"+callbacks.recorder.path={resumed}"))
+    assert _step(run / "checkpoints" / "last.ckpt") == 5
+    train(
+        _cfg(tmp_path / "straight", tiny_sd_dir, "max_steps=5", rec, f"+callbacks.recorder.path={straight}")
+    )
+    a, b = json.loads(resumed.read_text()), json.loads(straight.read_text())
+    assert sorted(a, key=int) == ["4", "5"]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-7), step
 
 
 @pytest.mark.slow
