@@ -32,5 +32,7 @@ format: setup
 
 check: lint test
 
+# Caches and build files only: runs (outputs/, Hydra's multirun/) hold checkpoints and are never removed here.
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -99,3 +99,44 @@ def test_exports_refuse_nonfinite_adapter_weights(tmp_path):
     with pytest.raises(NonFiniteError, match="non-finite"):
         export_merged(module, tmp_path / "merged")
     assert not (tmp_path / "adapters.safetensors").exists() and not (tmp_path / "merged").exists()
+
+
+def test_toy_export_runs_in_stock_diffusers_without_torch_dtype(tmp_path):
+    """Stock StableDiffusionPipeline, no torch_dtype: every component in one dtype (the fp16 teacher's text
+    encoder and VAE beside the fp32 U-Net raised "mat1 and mat2 must have the same dtype"), through the VAE
+    decode, and no scheduler FutureWarning (steps_offset)."""
+    import warnings
+
+    from diffusers import StableDiffusionPipeline
+
+    module = trained_looking(toy_backbone("toy"))
+    out = export_merged(module, tmp_path / "merged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(out)
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe(PROMPT, num_inference_steps=1, guidance_scale=1.0, output_type="pt").images
+    dtypes = {p.dtype for c in (pipe.unet, pipe.text_encoder, pipe.vae) for p in c.parameters()}
+    assert dtypes == {torch.float32}
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+
+
+def test_export_files_are_readable_by_others(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _export_files_are_readable_by_others(tmp_path)
+    finally:
+        os.umask(old)
+
+
+def _export_files_are_readable_by_others(tmp_path):
+    module = trained_looking(toy_backbone("toy"))
+    adapters = export_adapters(module, tmp_path / "export" / "adapters.safetensors")
+    merged = export_merged(module, tmp_path / "export" / "merged")
+    files = [adapters, *(p for p in merged.rglob("*") if p.is_file())]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+    dirs = [merged, *(p for p in merged.rglob("*") if p.is_dir())]
+    assert {oct(p.stat().st_mode & 0o777) for p in dirs} == {"0o755"}

@@ -6,7 +6,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _find_conf_dir() -> Path:
+    """The repository's conf/ in a checkout (editable install, PYTHONPATH), else the copy installed with the
+    package as `wadi.conf` (a wheel, `pip install .`: setup.py maps conf/ into the package)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "conf"
+    if (package.parent / "pyproject.toml").is_file() and (checkout / "config.yaml").is_file():
+        return checkout
+    return package / "conf"
+
+
+CONF_DIR = _find_conf_dir()
 
 
 def _precision() -> str:

@@ -8,13 +8,15 @@ guidance_scale=1.0)` evaluates the denoiser once at t = T and returns x0 = (z - 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from wadi.adapters.inject import adapter_state_dict, merge_adapter, unmerge_adapter
 from wadi.backbones.loading import KINDS, _denoiser_class
@@ -34,6 +36,42 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _default_modes(root: Path) -> None:
+    """Files and folders with the modes a plain `open`/`mkdir` would give (0644 / 0755 under umask 022):
+    safetensors writes its files 0600, which hid exports from other users of a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _cast_component(folder: Path, dtype: torch.dtype) -> None:
+    """Rewrite a copied pipeline component's floating-point weights (safetensors / .bin) in `dtype`, and the
+    dtype its config.json declares, so every component of the export loads in one dtype."""
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(path))
+        if any(t.is_floating_point() and t.dtype != dtype for t in tensors.values()):
+            tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+            save_file(tensors, str(path), metadata=metadata)
+    for path in sorted(folder.glob("*.bin")):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        torch.save({k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}, path)
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        keys = [k for k in ("torch_dtype", "dtype") if k in config]
+        if keys:
+            config |= {k: _dtype_name(dtype) for k in keys}
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def one_step_betas(betas: torch.Tensor, alpha_T: float) -> torch.Tensor:
@@ -77,12 +115,19 @@ def export_adapters(module, path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
+    _default_modes(path)
     return path
 
 
 @torch.no_grad()
-def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
-    """Write the generator, LoRaD merged, as a diffusers directory loadable by stock `from_pretrained`."""
+def export_merged(
+    module, out_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write the generator, LoRaD merged, as a diffusers directory loadable by stock `from_pretrained`.
+
+    Every component is written in one `dtype` (float32 by default: the teacher's copied text encoder and VAE
+    are often float16, and a pipeline loaded without `torch_dtype` then mixed fp16 and fp32 layers); load with
+    `torch_dtype=torch.float16` to run in half precision."""
     from diffusers import DDIMScheduler
 
     out_dir = Path(out_dir)
@@ -101,6 +146,8 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
         if entry.name in (sub, "scheduler", EXPORT_INFO) or entry.name.startswith("."):
             continue
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+        if entry.is_dir():
+            _cast_component(tmp / entry.name, dtype)
     # One-step sampling in stock diffusers: DDIM, trailing spacing (t = T), final alpha 1 (x_prev = x0).
     one_step_kw = dict(
         local_files_only=True,
@@ -108,7 +155,7 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
         set_alpha_to_one=True,
         clip_sample=False,
         thresholding=False,
-        steps_offset=0,
+        steps_offset=1,  # unused by trailing spacing; 1 keeps StableDiffusionPipeline's FutureWarning away
     )
     scheduler = DDIMScheduler.from_pretrained(root / "scheduler", **one_step_kw)
     if cfg.alpha_T is not None:
@@ -133,7 +180,7 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
             with torch.device("meta"):
                 plain = _denoiser_class(cfg.kind).from_config(model.config)
             plain.load_state_dict(state, assign=True, strict=True)
-            plain.save_pretrained(tmp / sub)
+            plain.to(dtype).save_pretrained(tmp / sub)
         finally:
             unmerge_adapter(model)
 
@@ -148,7 +195,9 @@ def export_merged(module, out_dir: str | Path, use_ema: bool = True) -> Path:
         "sigma_T": sigma_T,
         "alpha_T_from_scheduler": cfg.alpha_T is None,
         "sampling": "one step: num_inference_steps=1, guidance_scale=1.0",
+        "dtype": _dtype_name(dtype),
     }
     (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+    _default_modes(tmp)
     _replace_dir(tmp, out_dir)
     return out_dir

@@ -17,16 +17,20 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    n, _, h, w = images.shape
+    """(N, 3, H, W) in [0, 1] -> (rows * (H + pad) + pad, nrow * (W + pad) + pad, 3) uint8 on white, through
+    torchvision's make_grid; `nrow` images per row (default ceil(sqrt(N))), short rows and columns left white."""
+    from torchvision.utils import make_grid as tv_make_grid
+
+    n = images.shape[0]
     nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, np.uint8)
-    for i, img in enumerate(to_uint8(images)):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = (
-            img
-        )
-    return grid
+    cells = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+    if n < nrow:  # torchvision narrows the grid to N columns; keep nrow, as white cells
+        cells = torch.cat([cells, cells.new_full((nrow - n, *cells.shape[1:]), 255)])
+    if cells.shape[0] == 1:  # torchvision returns a single image without its border
+        grid = torch.nn.functional.pad(cells[0], (pad, pad, pad, pad), value=255)
+    else:
+        grid = tv_make_grid(cells, nrow=nrow, padding=pad, pad_value=255)
+    return grid.permute(1, 2, 0).contiguous().numpy()
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:

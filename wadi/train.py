@@ -96,12 +96,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from wadi import runs
     from wadi.callbacks.checkpoint_io import AtomicCheckpointIO
     from wadi.distributed import is_sharded
     from wadi.export import export_adapters, export_merged
 
     if int(cfg.rank) < 1 or int(cfg.fake_rank) < 1:
         raise ValueError(f"rank and fake_rank must be >= 1, got rank={cfg.rank}, fake_rank={cfg.fake_rank}")
+    runs.check_training_config(cfg)  # max_steps >= 1
     if cfg.dry_run:
         return {"parameters": dry_run(cfg)}, {}
 
@@ -117,6 +119,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # The frozen text encoder and VAE stay in eval mode on purpose (no dropout in the teacher's parts).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    runs.prepare_run_dir(cfg, run_dir, ckpt_path)  # no mixed runs; a refused resume leaves config.yaml as is
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
@@ -130,6 +133,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("eval") and cfg.get("eval_callback"):
         callbacks.append(instantiate(cfg.eval_callback, evaluator=cfg.eval))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = runs.with_run_checkpoint(callbacks, run_dir, cfg)  # checkpoints in <run_dir>/checkpoints
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
@@ -172,7 +176,7 @@ def _whole_copy(cfg: DictConfig, module):
     return fresh
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     return metrics.get("train/loss_generator")

@@ -68,3 +68,29 @@ def test_missing_clip_dir_names_the_hub_id_and_key(tmp_path):
     msg = str(err.value)
     assert "clip-vit-large-patch14" in msg and CLIP_HF_ID in msg and "eval.clip_path" in msg
     assert "allow_download" in msg
+
+
+def test_no_private_torchmetrics_api():
+    import inspect
+
+    import wadi.metrics.clip as clip
+
+    source = inspect.getsource(clip)
+    assert (
+        "_clip_score_update" not in source
+        and "torchmetrics.functional.multimodal.clip_score import _" not in source
+    )
+
+
+def test_each_score_equals_clipscore_on_that_image_alone(tiny_clip):
+    """Per image, the public CLIPScore's accumulated (unclipped) sum over that one image, / 100; a long
+    caption is cut as CLIPScore cuts it."""
+    scorer = ClipScorer(tiny_clip, batch_size=3)
+    images = _images(5, seed=2)
+    captions = [*CAPTIONS, "a very long caption " * 30]
+    ours = scorer(images, captions)
+    metric = scorer.metric
+    for i, caption in enumerate(captions):
+        metric.reset()
+        metric.update(images[i : i + 1], [caption])
+        assert float(ours[i]) == pytest.approx(float(metric.score) / 100, abs=1e-6), i

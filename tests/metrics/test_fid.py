@@ -201,3 +201,32 @@ def test_not_torchscript_is_a_clear_error(tmp_path):
     bad.write_bytes(b"html error page")
     with pytest.raises(ValueError, match="eval.inception_path.*TorchScript"):
         InceptionFeatures(bad)
+
+
+def test_one_frechet_distance_serves_fid_and_toy_metrics():
+    import wadi.metrics.fid as fid
+    import wadi.metrics.toy as toy
+
+    assert toy.frechet_distance is fid.frechet_distance
+    assert toy.feature_statistics is fid.feature_statistics
+
+
+def test_frechet_distance_takes_tensors_and_singular_covariances_quietly():
+    """Fewer samples than dimensions (a small eval): singular covariances, a real non-negative distance, no
+    LinAlgWarning / complex noise, and the same number whether given tensors or arrays."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((20, 64)), rng.standard_normal((20, 64)) + 0.1
+    a[:, :20] = 0.0
+    stats = (*feature_statistics(a), *feature_statistics(b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = frechet_distance(*stats)
+        d_t = frechet_distance(*(torch.from_numpy(s) for s in stats))
+    # independent route: the eigenvalues of S1 S2 (real and >= 0 in exact arithmetic) are those of the inner matrix
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvals(stats[1] @ stats[3]).real, 0, None)).sum()
+    direct = ((stats[0] - stats[2]) ** 2).sum() + np.trace(stats[1]) + np.trace(stats[3]) - 2 * tr_covmean
+    assert d == pytest.approx(direct, rel=1e-6) and d_t == d and d > 0
+    x = rng.standard_normal((5, 8))
+    assert frechet_distance(*feature_statistics(x), *feature_statistics(x)) == pytest.approx(0.0, abs=1e-9)

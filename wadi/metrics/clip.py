@@ -99,21 +99,40 @@ class ClipScorer:
     def __call__(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """(N, 3, H, W) uint8 images + N captions -> (N,) float32 cosine similarities on CPU.
 
-        Uses the function CLIPScore.update accumulates (`_clip_score_update`) to keep one score per image, so
-        images can be scored on different ranks and averaged after gathering.
+        One score per image (images are scored on different ranks and averaged after gathering), which
+        torchmetrics' public API does not return (CLIPScore accumulates a sum; `clip_score` returns the clipped
+        mean). So the cosines are computed here with transformers' public API on the model and processor that
+        CLIPScore loaded, with CLIPScore's inputs (its processor call, captions cut at the text model's
+        positions); tests/metrics/test_clip.py checks each one against CLIPScore.update on that image alone.
         """
-        from torchmetrics.functional.multimodal.clip_score import _clip_score_update
-
         if images.shape[0] != len(captions):
             raise ValueError(f"CLIP score: {images.shape[0]} images but {len(captions)} captions")
         out = []
         for i in range(0, len(captions), self.batch_size):
-            batch = images[i : i + self.batch_size].to(self.device)
-            score, _ = _clip_score_update(
-                batch, list(captions[i : i + self.batch_size]), self.metric.model, self.metric.processor
-            )
-            out.append(score.float().cpu() / 100)
+            batch = images[i : i + self.batch_size]
+            img = self._image_features(batch)
+            txt = self._text_features(list(captions[i : i + self.batch_size]))
+            img = img / img.norm(p=2, dim=-1, keepdim=True)
+            txt = txt / txt.norm(p=2, dim=-1, keepdim=True)
+            out.append((100 * (img * txt).sum(dim=-1)).float().cpu() / 100)
         return torch.cat(out) if out else torch.zeros(0)
+
+    def _model(self):
+        return self.metric.model.to(self.device)
+
+    def _image_features(self, images: Tensor) -> Tensor:
+        pixels = self.metric.processor(images=[im.cpu() for im in images], return_tensors="pt", padding=True)
+        return self._model().get_image_features(pixels["pixel_values"].to(self.device))
+
+    def _text_features(self, captions: list[str]) -> Tensor:
+        tokens = self.metric.processor(text=captions, return_tensors="pt", padding=True)
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        limit = getattr(
+            getattr(self.metric.model.config, "text_config", None), "max_position_embeddings", None
+        )
+        if limit is not None and ids.shape[-1] > limit:  # as CLIPScore: keep the first `limit` tokens
+            ids, mask = ids[..., :limit], mask[..., :limit]
+        return self._model().get_text_features(ids.to(self.device), mask.to(self.device))
 
 
 def clip_score(per_image: Tensor) -> float:

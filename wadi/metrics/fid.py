@@ -1,7 +1,7 @@
 """FID against cached reference statistics (Heusel et al. 2017, eq. 6; clean-fid "clean" features).
 
-d^2 = |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)), in float64 with clean-fid's algorithm (scipy
-sqrtm), so numbers match what clean-fid reports for the same features.
+d^2 = |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)) in float64 on clean-fid's features and statistics
+(np.mean, np.cov): what clean-fid reports, to float64 rounding. `frechet_distance` here is also the toy FID's.
 
 Reference statistics (mu, sigma and the raw features, which precision/recall need) are computed once per
 reference folder and cached as `<stats_cache_dir>/ref_<key>.npz`; the key hashes the file list with sizes and
@@ -20,43 +20,43 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from wadi.metrics.protocol import ReferenceFiles, all_gather_ordered, dist_info, split_for_rank
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
-EPS = 1e-6  # clean-fid's diagonal offset for a singular covariance product
+ArrayLike = np.ndarray | torch.Tensor
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance of N(mu1, sigma1) and N(mu2, sigma2) in float64: clean-fid's algorithm.
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
+    """d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64; numpy arrays or tensors.
 
-    clean-fid 0.1.35's own function calls `scipy.linalg.sqrtm(..., disp=False)`, which SciPy >= 1.16 no
-    longer returns a tuple for, so it is re-implemented here step for step: covmean = sqrtm(S1 S2) (with
-    eps * I added to both when that is not finite), its real part if the imaginary one is numerical noise.
+    The one Frechet distance of the package: COCO FID (wadi.evaluate) and the toy FID (wadi.metrics.toy).
+    tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))): the inner matrix is symmetric PSD, so `eigh` gives
+    it exactly where clean-fid's general sqrtm of the non-symmetric S1 S2 warns on singular covariances (fewer
+    samples than dimensions) and can return complex noise. On well-conditioned statistics the two agree to
+    float64 rounding (tests/metrics/test_fid.py checks against the sqrtm route).
     """
-    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
-    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
+    mu1, mu2 = (np.atleast_1d(_float64(m)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(_float64(s)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(
             f"frechet_distance: mu1 {mu1.shape} sigma1 {sigma1.shape} mu2 {mu2.shape} sigma2 {sigma2.shape}; "
             "expected (D,), (D, D) for both"
         )
+    evals, evecs = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+    inner = root1 @ sigma2 @ root1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        log.warning("frechet_distance: singular product; adding %g to the covariance diagonals", EPS)
-        offset = np.eye(sigma1.shape[0]) * EPS
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(
-                f"frechet_distance: sqrtm has an imaginary component {np.abs(covmean.imag).max():g}"
-            )
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean, 0.0))
+
+
+def _float64(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Toy metrics: the toy world's counterparts of COCO FID and CLIP score.
 
 - toy FID: Frechet distance between Gaussians fitted to ToyClassifier penultimate features of generated
-  images and of real held-out renders (Heusel et al. 2017, eq. 6).
+  images and of real held-out renders (Heusel et al. 2017, eq. 6); the same `frechet_distance` and
+  `feature_statistics` as COCO FID (wadi.metrics.fid, re-exported here).
 - prompt accuracy: fraction of generated images whose predicted slot attributes all match their prompt.
 - diversity: mean pairwise feature distance among images of one prompt (mode collapse shows up as ~0).
 
@@ -15,36 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from wadi.metrics.fid import feature_statistics, frechet_distance
 from wadi.toy.classifier import ToyClassifier, scene_correct
 from wadi.toy.world import parse_caption, render, sample_scene, sample_seeds, stack_labels
-
-
-def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
-    """d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
-
-    tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))): the inner matrix is symmetric PSD, so eigh is
-    stable where a general sqrtm of the non-symmetric S1 S2 can return complex noise.
-    """
-    mu1, mu2, sigma1, sigma2 = (t.detach().to(torch.float64).cpu() for t in (mu1, mu2, sigma1, sigma2))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(),) * 2:
-        raise ValueError(
-            f"frechet_distance: shapes mu1 {tuple(mu1.shape)} sigma1 {tuple(sigma1.shape)} "
-            f"mu2 {tuple(mu2.shape)} sigma2 {tuple(sigma2.shape)}; expected (D,), (D, D) for both"
-        )
-    evals, evecs = torch.linalg.eigh((sigma1 + sigma1.T) / 2)
-    root1 = evecs @ torch.diag(evals.clamp(min=0).sqrt()) @ evecs.T
-    inner = root1 @ sigma2 @ root1
-    tr_covmean = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0).sqrt().sum()
-    d2 = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * tr_covmean
-    return float(d2.clamp(min=0))
-
-
-def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean (D,), unbiased covariance (D, D)) in float64, as torchmetrics' FID computes them."""
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"feature_statistics needs (N >= 2, D) features, got {tuple(features.shape)}")
-    f = features.detach().to(torch.float64)
-    return f.mean(0), torch.cov(f.T, correction=1)
 
 
 def toy_fid(fake_feats: Tensor, real_feats: Tensor) -> float:
