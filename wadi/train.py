@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import wadi.config  # noqa: F401  (registers resolvers)
-from wadi.adapters.inject import adapter_parameters, add_lorad
+from wadi.adapters import get_adapter
 from wadi.backbones.loading import BackboneConfig, build_denoiser
 
 
@@ -23,12 +23,13 @@ def count_parameters(backbone_cfg: dict, rank: int, fake_rank: int) -> dict[str,
     denoiser = build_denoiser(cfg, meta=True)
     model = denoiser.model
     base = sum(p.numel() for p in model.parameters())
-    add_lorad(model, "generator", rank, cfg.targets("generator"))
-    add_lorad(model, "fake_score", fake_rank, cfg.targets("fake_score"))
+    adapter = get_adapter()
+    adapter.attach(model, "generator", rank, cfg.targets("generator"))
+    adapter.attach(model, "fake_score", fake_rank, cfg.targets("fake_score"))
     return {
         "teacher (frozen base)": base,
-        "generator": sum(p.numel() for p in adapter_parameters(model, "generator")),
-        "fake_score": sum(p.numel() for p in adapter_parameters(model, "fake_score")),
+        "generator": sum(p.numel() for p in adapter.parameters(model, "generator")),
+        "fake_score": sum(p.numel() for p in adapter.parameters(model, "fake_score")),
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wadi.adapters.inject import AdapterTargets
+from wadi.adapters.targets import AdapterTargets
 from wadi.backbones.denoiser import Denoiser, PixArtDenoiser, UNetDenoiser
 from wadi.backbones.text import TextEncoder, load_text_encoder
 
