@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from experiments.bench.reference import ReferenceVSD
+from wadi.adapters import get_adapter
 from wadi.backbones import Backbone, BackboneConfig, PixArtDenoiser, UNetDenoiser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -503,14 +504,15 @@ def sdpa_backend(variant: Variant):
 def run_reference(arch_name: str, arch: Arch, variant: Variant, args, clock: StepClock) -> dict:
     device = torch.device(args.device)
     cfg = backbone_config(arch_name, arch)
+    adapter = get_adapter()  # the same layers as wadi's side: conf/adapter/lorad.yaml
     on_gpu = device.type == "cuda"
     # The scripts' dtypes: fp16 + GradScaler for SD, bf16 for PixArt; fp32 without autocast on CPU.
     dtype = (torch.float16 if arch.kind == "unet" else torch.bfloat16) if on_gpu else torch.float32
     ref = ReferenceVSD(
         wrapper(arch),
         build_model(arch, device),
-        cfg.targets("generator"),
-        cfg.targets("fake_score"),
+        adapter.targets(arch.kind, "generator"),
+        adapter.targets(arch.kind, "fake_score"),
         rank=args.rank or cfg.default_rank,
         fake_rank=32,
         alphas_cumprod=alphas_cumprod(arch, device),

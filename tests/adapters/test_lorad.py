@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from wadi.adapters import AdapterTargets, LoRaD, LoRaDLinear, lorad_weight, use_adapter, wrap_angle
+from wadi.adapters import (
+    AdapterTargets,
+    LoRaD,
+    LoRaDLinear,
+    get_adapter,
+    lorad_weight,
+    use_adapter,
+    wrap_angle,
+)
 
-LORAD = LoRaD()
+LORAD = LoRaD()  # no config: tests give their targets
 
 
 def direct_rotation(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -161,7 +169,7 @@ def test_grouped_rotation_equals_per_layer_forward_and_grads(tiny_sd_cfg, monkey
     backbone = load_backbone(tiny_sd_cfg, load_text=False, load_vae=False)
     cfg = backbone.cfg
     model = backbone.denoiser.model
-    LORAD.attach(model, "generator", 4, cfg.targets("generator"))
+    LORAD.attach(model, "generator", 4, cfg.targets("generator", get_adapter("lorad")))
     params = LORAD.parameters(model, "generator")
     with torch.no_grad():
         for p in params:

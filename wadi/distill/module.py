@@ -63,6 +63,7 @@ class WaDiModule(L.LightningModule):
         self,
         backbone: Mapping[str, Any] | Backbone,
         rank: int,
+        adapter: Mapping[str, Any] | str | None = None,
         fake_rank: int = 32,
         vsd: Mapping[str, Any] | VSDConfig | None = None,
         lr: float = 1e-4,
@@ -106,11 +107,10 @@ class WaDiModule(L.LightningModule):
         )
         cfg = self.backbone.cfg
         model = self.backbone.denoiser.model
-        self.adapter = get_adapter()
-        self.generator_layers = self.adapter.attach(model, GENERATOR, int(rank), cfg.targets(GENERATOR))
-        self.fake_score_layers = self.adapter.attach(
-            model, FAKE_SCORE, int(fake_rank), cfg.targets(FAKE_SCORE)
-        )
+        self.adapter = get_adapter(adapter)  # None: LoRaD with conf/adapter/lorad.yaml
+        gen, fake = cfg.targets(GENERATOR, self.adapter), cfg.targets(FAKE_SCORE, self.adapter)
+        self.generator_layers = self.adapter.attach(model, GENERATOR, int(rank), gen)
+        self.fake_score_layers = self.adapter.attach(model, FAKE_SCORE, int(fake_rank), fake)
         if gradient_checkpointing:
             self.denoiser.update_speed(gradient_checkpointing=True)
         self.ema = EMA(self.adapter.parameters(model, GENERATOR), ema_decay) if ema_decay else None
