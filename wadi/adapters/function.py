@@ -14,6 +14,7 @@ from wadi.adapters import kernels
 from wadi.adapters.context import fused_rotation
 from wadi.adapters.rotation import rotate
 
+DType = torch.dtype
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -68,11 +69,7 @@ class RotatedWeight(torch.autograd.Function):
 
 
 def rotated_weight(
-    weight: Tensor,
-    lorad_A: Tensor,
-    lorad_B: Tensor,
-    dtype: torch.dtype | None = None,
-    fused: bool | None = None,
+    weight: Tensor, lorad_A: Tensor, lorad_B: Tensor, dtype: DType | None = None, fused: bool | None = None
 ) -> Tensor:
     """W' in `dtype` (default: the weight's) for a training forward; the same function as `lorad_weight`.
 

@@ -19,7 +19,12 @@ from wadi.speed import SpeedOptions, compile_passes, make_room
 
 
 class Denoiser(nn.Module):
-    """A frozen diffusers denoiser whose LoRaD adapters give the fake-score and generator roles."""
+    """A frozen diffusers denoiser whose adapters give the fake-score and generator roles.
+
+    It runs every pass as its `SpeedOptions` say (`speed`; given at construction or by `set_speed` /
+    `update_speed`). Pass-level pre-rotation (`group_rotations`) concerns LoRaD layers only: a model
+    without them (another adapter kind) finds no groups and runs each layer as it is.
+    """
 
     def __init__(self, model: nn.Module, speed: SpeedOptions | None = None) -> None:
         super().__init__()
