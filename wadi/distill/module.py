@@ -63,7 +63,6 @@ class WaDiModule(L.LightningModule):
         self,
         backbone: Mapping[str, Any] | Backbone,
         rank: int,
-        adapter: Mapping[str, Any] | str | None = None,
         fake_rank: int = 32,
         vsd: Mapping[str, Any] | VSDConfig | None = None,
         lr: float = 1e-4,
@@ -80,6 +79,7 @@ class WaDiModule(L.LightningModule):
         nonfinite: str = "stop",
         load_text_encoder: bool = True,
         run_config: Mapping[str, Any] | None = None,
+        adapter: Mapping[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
