@@ -8,7 +8,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from wadi.adapters.inject import adapter_state_dict
 from wadi.config import CONF_DIR
 from wadi.distill.module import WaDiModule
 from wadi.export import export_adapters, export_merged, one_step_betas
@@ -81,7 +80,9 @@ def test_adapter_export_with_ema_keeps_live_and_ema_weights_apart(tmp_path):
             p.copy_(v)
     tensors = load_file(export_adapters(module, tmp_path / "adapters.safetensors"))
     model = module.denoiser.model
-    names = list(adapter_state_dict(model, "generator"))  # in parameter order, like `live` and the shadows
+    names = list(
+        module.adapter.state_dict(model, "generator")
+    )  # in parameter order, like `live` and the shadows
     assert len(names) == len(live) and sum(k.startswith("generator_ema/") for k in tensors) == len(live)
     assert all(torch.equal(tensors[f"generator/{k}"], v) for k, v in zip(names, live))
     assert all(torch.equal(tensors[f"generator_ema/{k}"], s) for k, s in zip(names, module.ema.shadows()))

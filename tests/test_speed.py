@@ -13,7 +13,7 @@ import torch
 
 from wadi.distill.module import WaDiModule
 from wadi.sample import Generator
-from wadi.speed import compile_frozen_passes
+from wadi.speed import SpeedOptions
 
 
 class CountingBackend:
@@ -44,7 +44,7 @@ def test_compiled_cfg_passes_match_eager_and_only_run_without_grad(tiny_sd_cfg):
     with torch.no_grad():
         eager = {role: m.denoiser.cfg(x, t, cond, uncond, 3.0, role) for role in (None, "fake_score")}
     backend = CountingBackend()
-    compile_frozen_passes(m.denoiser, backend=backend)
+    m.denoiser.update_speed(compile=True, compile_backend=backend)
     with torch.no_grad():
         for role, expected in eager.items():
             torch.testing.assert_close(m.denoiser.cfg(x, t, cond, uncond, 3.0, role), expected)
@@ -64,15 +64,13 @@ def test_compiled_cfg_passes_match_eager_and_only_run_without_grad(tiny_sd_cfg):
 @pytest.mark.parametrize("cfg_name", ["tiny_sd_cfg", "tiny_pixart_cfg"])
 def test_compile_all_vsd_step_matches_eager(cfg_name, request):
     """The module's own generator and fake-score steps under compile=all: the same losses and gradients."""
-    from wadi.speed import compile_training_passes
-
     torch.manual_seed(0)
     eager = WaDiModule(backbone=request.getfixturevalue(cfg_name), rank=4, fake_rank=2)
     _randomize(eager.generator_parameters())
     _randomize(eager.fake_score_parameters())
     compiled = copy.deepcopy(eager)
     backend = CountingBackend()
-    compile_training_passes(compiled.denoiser, backend=backend)
+    compiled.denoiser.update_speed(compile="all", compile_backend=backend)
     results = []
     for m in (eager, compiled):
         rng = torch.Generator().manual_seed(7)
@@ -93,14 +91,12 @@ def test_many_compiled_modules_in_one_process(tiny_sd_cfg):
     """An in-process Hydra multirun builds a module per job. Dynamo counts graphs per code object, and
     every job's denoiser shares one forward, so each compile must make room for its own graphs: at the
     default limit (8) the third compile=all job failed under fullgraph. Here the limit starts at 1."""
-    from wadi.speed import compile_training_passes
-
     torch._dynamo.reset()  # earlier tests' graphs on the same code object would count too
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
     with torch._dynamo.config.patch(recompile_limit=1):
         for _job in range(2):
             m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2)
-            compile_training_passes(m.denoiser, backend=CountingBackend())
+            m.denoiser.update_speed(compile="all", compile_backend=CountingBackend())
             cond = m.conditioning({"prompt": ["a red circle", "a blue square"]})
             for role in ("generator", "fake_score"):
                 m.denoiser(x, t, cond, role).mean().backward()
@@ -134,9 +130,9 @@ def test_compile_config_key_reaches_the_module(tiny_sd_cfg):
         cfg = compose("config", overrides=["compile=true"])
     assert cfg.module.compile_passes is True
     m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes=cfg.module.compile_passes)
-    assert m.denoiser.compiled_model is None
+    assert m.denoiser.compiled is None
     m.setup("fit")
-    assert m.denoiser.compiled_model is not None and not m.denoiser.compile_grad_passes
+    assert m.denoiser.compiled is not None and m.denoiser.speed.compile is True
 
 
 def test_compile_all_reaches_the_module_and_bad_values_are_refused(tiny_sd_cfg):
@@ -148,7 +144,7 @@ def test_compile_all_reaches_the_module_and_bad_values_are_refused(tiny_sd_cfg):
         cfg = compose("config", overrides=["compile=all"])
     m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes=cfg.module.compile_passes)
     m.setup("fit")
-    assert m.denoiser.compiled_model is not None and m.denoiser.compile_grad_passes
+    assert m.denoiser.compiled is not None and m.denoiser.speed.compile == "all"
     with pytest.raises(ValueError, match="compile must be false, true .* or all"):
         WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2, compile_passes="grad")
     with pytest.raises(ValueError, match="compile=all with gradient_checkpointing=true"):
@@ -169,8 +165,6 @@ def test_fsdp_refuses_compiled_passes(tiny_sd_cfg):
 
 def test_compiled_training_passes_match_eager_gradients(tiny_sd_cfg):
     """With grad passes compiled, eps and the adapters' gradients equal eager; one graph per training role."""
-    from wadi.speed import compile_training_passes
-
     torch.manual_seed(0)
     m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2)
     for params in (m.generator_parameters(), m.fake_score_parameters()):
@@ -189,7 +183,7 @@ def test_compiled_training_passes_match_eager_gradients(tiny_sd_cfg):
 
     eager = {role: eps_and_grads(role) for role in roles}
     backend = CountingBackend()
-    compile_training_passes(m.denoiser, backend=backend)
+    m.denoiser.update_speed(compile="all", compile_backend=backend)
     for role, (eps, grads) in eager.items():
         got_eps, got_grads = eps_and_grads(role)
         torch.testing.assert_close(got_eps, eps)
@@ -199,3 +193,21 @@ def test_compiled_training_passes_match_eager_gradients(tiny_sd_cfg):
     with torch.no_grad():
         m.denoiser(x, t, cond, "generator")  # a no-grad pass outside cfg (sample grids): eager
     assert backend.graphs == 2
+
+
+def test_speed_options_refuse_bad_values_and_upgrade_in_place(tiny_sd_cfg):
+    """One frozen options object: invalid combinations fail at construction; true -> all keeps the graph."""
+    with pytest.raises(ValueError, match="compile must be false, true .* or all"):
+        SpeedOptions(compile="grad")
+    with pytest.raises(ValueError, match="compile=all with gradient_checkpointing=true"):
+        SpeedOptions(compile="all", gradient_checkpointing=True)
+    with pytest.raises(AttributeError):
+        SpeedOptions().compile = True  # frozen: change it through the denoiser
+    m = WaDiModule(backbone=tiny_sd_cfg, rank=4, fake_rank=2)
+    assert m.denoiser.speed == SpeedOptions()
+    m.denoiser.update_speed(compile=True, compile_backend=CountingBackend())
+    graph = m.denoiser.compiled
+    m.denoiser.update_speed(compile="all")
+    assert m.denoiser.compiled is graph and m.denoiser.speed.compile == "all"
+    m.denoiser.update_speed(compile=False)
+    assert m.denoiser.compiled is None

@@ -79,7 +79,7 @@ def is_sharded(module: torch.nn.Module) -> bool:
 
 def check_fsdp_compatible(module) -> None:
     """Refuse what `trainer=fsdp` does not support yet, naming the key to change."""
-    if getattr(module.denoiser, "compiled_model", None) is not None:
+    if module.denoiser.speed.compile:
         raise ValueError(
             "compile=true / compile=all is not supported with trainer=fsdp (a compiled graph over "
             "FSDP-sharded blocks is untested here); use trainer=ddp with compile, or compile=false"
@@ -104,7 +104,8 @@ class AdapterFSDPStrategy(AdapterDDPStrategy):
 
             mesh = init_device_mesh(self.root_device.type, (self.world_size,))
             shard_frozen_base(module.denoiser.model, mesh)
-            module.denoiser.group_rotations = False  # whole weights exist only inside each block's forward
+            # Whole weights exist only inside each block's forward: no W' built up front for the pass.
+            module.denoiser.update_speed(group_rotations=False)
         super().model_to_device()
 
     def configure_ddp(self) -> None:

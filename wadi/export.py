@@ -18,7 +18,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from wadi.adapters.inject import adapter_state_dict, merge_adapter, unmerge_adapter
 from wadi.backbones.loading import KINDS, _denoiser_class
 from wadi.diffusion import generator_schedule
 from wadi.distill.guards import check_finite
@@ -97,19 +96,20 @@ def export_adapters(module, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     model = module.denoiser.model
+    adapter = module.adapter
     for role in ("generator", "fake_score"):
-        for key, value in adapter_state_dict(model, role).items():
+        for key, value in adapter.state_dict(model, role).items():
             tensors[f"{role}/{key}"] = _owned(value)
     if module.ema is not None:
         with module.ema.swapped():
-            for key, value in adapter_state_dict(model, "generator").items():
+            for key, value in adapter.state_dict(model, "generator").items():
                 tensors[f"generator_ema/{key}"] = _owned(value)
     hp = module.hparams
     meta = {
         "backbone": module.backbone.cfg.name,
         "rank": str(hp.rank),
         "fake_rank": str(hp.fake_rank),
-        "format": "wadi-lorad-1",
+        "format": f"wadi-{adapter.name}-1",
     }
     check_finite(tensors, f"adapter export {path}")
     tmp = path.with_name(f".{path.name}.tmp")
@@ -132,9 +132,10 @@ def export_merged(
 
     out_dir = Path(out_dir)
     model = module.denoiser.model
+    adapter = module.adapter
     ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
     with ema:
-        check_finite(adapter_state_dict(model, "generator"), f"merged export {out_dir}")
+        check_finite(adapter.state_dict(model, "generator"), f"merged export {out_dir}")
     cfg = module.backbone.cfg
     root = Path(str(cfg.pretrained))
     sub = KINDS[cfg.kind][1]
@@ -173,16 +174,12 @@ def export_merged(
         index_path.write_text(json.dumps(index, indent=2))
 
     ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
-    with ema:
-        merge_adapter(model, "generator")
-        try:
-            state = {k: v for k, v in model.state_dict().items() if ".lorad." not in k}
-            with torch.device("meta"):
-                plain = _denoiser_class(cfg.kind).from_config(model.config)
-            plain.load_state_dict(state, assign=True, strict=True)
-            plain.to(dtype).save_pretrained(tmp / sub)
-        finally:
-            unmerge_adapter(model)
+    with ema, adapter.merged(model, "generator"):
+        state = {k: v for k, v in model.state_dict().items() if not adapter.is_state_key(k)}
+        with torch.device("meta"):
+            plain = _denoiser_class(cfg.kind).from_config(model.config)
+        plain.load_state_dict(state, assign=True, strict=True)
+        plain.to(dtype).save_pretrained(tmp / sub)
 
     T, alpha_T, sigma_T = generator_schedule(module.alphas_cumprod, cfg.alpha_T)
     info = {

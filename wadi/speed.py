@@ -6,11 +6,15 @@ Whole-model graphs with static shapes, in three places:
 - training, `compile=true`: the no-grad CFG passes of the teacher and the fake score inside the generator
   step (`Denoiser.cfg`), whole-graph, one graph per role: 1.11x the SD1.5 step (479 -> 433 ms) for ~100 s
   of warm-up. It paid nothing (0.99x) while the step was bound by the host issuing per-layer rotations;
-  it pays since those are batched (`wadi.adapters.lorad.prerotate`).
+  it pays since those are batched (`wadi.adapters.prerotate`).
 - training, `compile=all`: the generator and fake-score passes with gradients too, through the same
   compiled model (one more graph per training role; AOTAutograd compiles its backward): 1.30x the eager
   SD1.5 step (478 -> 367 ms) and 2.9 GiB less peak memory, for ~5.6 min of compilation. Regional
   compilation of every block for every role had not finished in 8 minutes (experiments/bench/RESULTS.md).
+
+Every training speed lever is one frozen `SpeedOptions` given to the Denoiser (`Denoiser.set_speed`), which
+applies it where it is used: compiled graphs, checkpointed blocks, the base's compute dtype, and how each
+pass builds the adapters' W'.
 
 Compiled graphs take parameters as inputs, so adapter updates never trigger a recompile; a new batch
 size or role does (once), which is why the sampler pads its last batch.
@@ -19,16 +23,64 @@ size or role does (once), which is why the sampler pads its last batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 # The `compile` key of a training run: off, the no-grad CFG passes (true), or every VSD pass (all).
 COMPILE_CHOICES = (False, True, "all")
 # One static-shape graph per module; fullgraph: a graph break is an error, not a silent slowdown.
 STATIC = {"fullgraph": True, "dynamic": False}
+# Graphs a compiled denoiser adds per `compile` value: a teacher and a fake-score CFG graph (true), and
+# the generator's and the fake score's with gradients too (all).
+_GRAPHS = {False: 0, True: 2, "all": 4}
 
 
-def _make_room(graphs: int) -> None:
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How a Denoiser runs its passes; none of these changes the math (experiments/bench measures each).
+
+    compile: False; True: the no-grad CFG passes (teacher, fake score) through one compiled graph per role;
+        "all": the passes with gradients (generator, fake score) too.
+    compile_backend: torch.compile's backend ("aot_eager" traces without inductor: debugging, CPU tests).
+    fused_rotation: build the adapters' W' with the fused rotation (one autograd node, Triton on CUDA);
+        False: the plain torch formula (benchmarks, debugging).
+    group_rotations: build every adapted layer's W' at the start of a pass, batched over same-shape layers
+        (checkpointed blocks recompute with the same W'); off under FSDP, whose weights are whole only
+        inside a block.
+    gradient_checkpointing: recompute every block in backward, under the role that ran its forward.
+    compute_dtype: run the base natively in this dtype with autocast off (a bf16 base: autocast would run
+        every norm in float32 and round-trip activations through memory); None: the caller's autocast.
+    """
+
+    compile: bool | str = False
+    compile_backend: str | Callable = "inductor"
+    fused_rotation: bool = True
+    group_rotations: bool = True
+    gradient_checkpointing: bool = False
+    compute_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(
+                f"compile must be false, true (the no-grad teacher / fake-score passes) or all (every VSD "
+                f"pass, with gradients too), got {self.compile!r}"
+            )
+        if self.compile == "all" and self.gradient_checkpointing:
+            raise ValueError(
+                "compile=all with gradient_checkpointing=true is not supported (checkpointed blocks inside "
+                "the compiled graph are untested); use compile=all for speed or gradient_checkpointing=true "
+                "for memory"
+            )
+
+    @property
+    def graphs(self) -> int:
+        """How many compiled graphs these options make a denoiser trace."""
+        return _GRAPHS[self.compile]
+
+
+def make_room(graphs: int) -> None:
     """Raise dynamo's per-code-object graph limit by the graphs one more compiled module will add.
 
     Every denoiser of a class shares its `forward` code object, and dynamo counts graphs per code object,
@@ -45,25 +97,16 @@ def compile_sampler(backbone, mode: str | None = None, backend: str | Callable =
     `mode="reduce-overhead"` adds CUDA graphs; at batch 32 on an H100 they bought nothing measurable
     (1.98x vs 1.96x stock), so the default is plain inductor.
     """
-    _make_room(1)  # one more graph on each of two code objects, the denoiser's and the decoder's
+    make_room(1)  # one more graph on each of two code objects, the denoiser's and the decoder's
     backbone.denoiser.model.compile(mode=mode, backend=backend, **STATIC)
     if backbone.vae is not None:
         backbone.vae.decoder.compile(mode=mode, backend=backend, **STATIC)
 
 
-def compile_frozen_passes(denoiser, backend: str | Callable = "inductor") -> None:
-    """Route `denoiser.cfg`'s no-grad passes (teacher and fake score inside VSD) through a compiled graph."""
-    _make_room(2)  # the teacher's graph and the fake score's
-    # Not an nn.Module attribute: registered, it would duplicate every key of the state dict.
-    object.__setattr__(denoiser, "compiled_model", torch.compile(denoiser.model, backend=backend, **STATIC))
+def compile_passes(model: nn.Module, backend: str | Callable, graphs: int) -> nn.Module:
+    """A whole-graph compiled `model` for a denoiser's VSD passes, making room for its `graphs` graphs.
 
-
-def compile_training_passes(denoiser, backend: str | Callable = "inductor") -> None:
-    """Also route the passes with gradients (generator and fake-score forward+backward) through the graph.
-
-    One more graph per role that trains; AOTAutograd compiles each one's backward with it.
+    Lazy: nothing is traced before the first call. `Denoiser.set_speed` calls it.
     """
-    if denoiser.compiled_model is None:
-        compile_frozen_passes(denoiser, backend=backend)
-    _make_room(2)  # the generator's graph and the fake score's, with gradients
-    denoiser.compile_grad_passes = True
+    make_room(graphs)
+    return torch.compile(model, backend=backend, **STATIC)

@@ -176,15 +176,6 @@ def tiny_backbone_config(
     root: str | Path, kind: str = "unet", name: str | None = None, max_length: int = 16
 ) -> dict:
     """A backbone config dict (as conf/backbone/*.yaml would give) for a tiny directory."""
-    if kind == "unet":
-        gen = {"blocks": ["down_blocks", "up_blocks", "mid_block"], "skip": []}
-        fake = {
-            "blocks": ["down_blocks", "up_blocks", "mid_block"],
-            "skip": ["proj_in", "proj_out", "time_emb_proj"],
-        }
-    else:
-        gen = {"blocks": ["transformer_blocks", "caption_projection", "proj_out"], "skip": []}
-        fake = {"blocks": ["transformer_blocks"], "skip": ["proj_in", "proj_out", "time_emb_proj"]}
     return {
         "name": name or f"tiny_{kind}",
         "kind": kind,
@@ -195,8 +186,6 @@ def tiny_backbone_config(
         "use_text_mask": kind == "pixart",
         "guidance_scale": 1.5,
         "default_rank": 4,
-        "generator_targets": gen,
-        "fake_score_targets": fake,
     }
 
 

@@ -13,22 +13,25 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import wadi.config  # noqa: F401  (registers resolvers)
-from wadi.adapters.inject import adapter_parameters, add_lorad
+from wadi.adapters import get_adapter
 from wadi.backbones.loading import BackboneConfig, build_denoiser
 
 
-def count_parameters(backbone_cfg: dict, rank: int, fake_rank: int) -> dict[str, int]:
+def count_parameters(
+    backbone_cfg: dict, rank: int, fake_rank: int, adapter: dict | None = None
+) -> dict[str, int]:
     """Build the denoiser on the meta device (no weights) and count parameters per role."""
     cfg = BackboneConfig.from_mapping(backbone_cfg)
     denoiser = build_denoiser(cfg, meta=True)
     model = denoiser.model
     base = sum(p.numel() for p in model.parameters())
-    add_lorad(model, "generator", rank, cfg.targets("generator"))
-    add_lorad(model, "fake_score", fake_rank, cfg.targets("fake_score"))
+    adapter = get_adapter(adapter)
+    adapter.attach(model, "generator", rank, cfg.targets("generator", adapter))
+    adapter.attach(model, "fake_score", fake_rank, cfg.targets("fake_score", adapter))
     return {
         "teacher (frozen base)": base,
-        "generator": sum(p.numel() for p in adapter_parameters(model, "generator")),
-        "fake_score": sum(p.numel() for p in adapter_parameters(model, "fake_score")),
+        "generator": sum(p.numel() for p in adapter.parameters(model, "generator")),
+        "fake_score": sum(p.numel() for p in adapter.parameters(model, "fake_score")),
     }
 
 
@@ -36,8 +39,12 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
     from rich.console import Console
     from rich.table import Table
 
+    adapter = cfg.get("adapter")
     counts = count_parameters(
-        OmegaConf.to_container(cfg.backbone, resolve=True), int(cfg.rank), int(cfg.fake_rank)
+        OmegaConf.to_container(cfg.backbone, resolve=True),
+        int(cfg.rank),
+        int(cfg.fake_rank),
+        OmegaConf.to_container(adapter, resolve=True) if adapter is not None else None,
     )
     table = Table(
         title=f"wadi dry run: backbone={cfg.backbone.name} rank={cfg.rank} fake_rank={cfg.fake_rank}"

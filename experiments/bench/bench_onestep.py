@@ -12,7 +12,7 @@ values) and runs, with the same weights, the same noise and the same text embedd
 Options combine with "+"; every variant's images are compared with stock's.
 Every variant's images are compared with stock's (max abs difference, PSNR on [0, 1] images).
 
-    python experiments/bench/bench_onestep.py --batches 1 32 --variants stock wadi wadi+compile
+    python -m experiments.bench.bench_onestep --batches 1 32 --variants stock wadi wadi+compile
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from wadi.backbones import Backbone, BackboneConfig, Conditioning, UNetDenoiser
+from wadi.sampling import one_step
 
-from wadi.backbones import Backbone, BackboneConfig, Conditioning, UNetDenoiser  # noqa: E402
-from wadi.sampling import one_step  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SD_VAE = dict(  # the public SD1.5 / SD2.1 VAE config
     in_channels=3,

@@ -6,8 +6,10 @@ for the same strategy. Each (strategy, devices) point runs in a fresh worker pro
 does not leak from one point to the next. The step is `bench_step.py`'s wadi variant: `WaDiModule` on a
 full-size random-init backbone, with the strategies wadi ships.
 
-    python experiments/bench/bench_scaling.py --arch sd15 --devices 1 2 4 --strategies ddp fsdp --out DIR
-    python experiments/bench/bench_scaling.py --arch tiny_sd --device cpu --devices 1 2 --batch 2  # smoke
+    python -m experiments.bench.bench_scaling --arch sd15 --devices 1 2 4 --strategies ddp fsdp --out DIR
+    python -m experiments.bench.bench_scaling --arch tiny_sd --device cpu --devices 1 2 --batch 2  # smoke
+
+(from the repository root: the workers run as `python -m` from there too)
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
+import experiments.bench.bench_step as bs
 
-import bench_step as bs  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def strategy(name: str):
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     start = sum(1 for _ in results.open()) if results.exists() else 0
     for name in args.strategies:
         for n in args.devices:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--strategy", name]
+            cmd = [sys.executable, "-m", "experiments.bench.bench_scaling", "--worker", "--strategy", name]
             cmd += [
                 "--arch",
                 args.arch,
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps), "--out", str(args.out)]
             cmd += ["--ckpt"] if args.ckpt else []
             try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
                 ok = done.returncode == 0
                 tail = done.stderr[-1500:]
             except subprocess.TimeoutExpired:

@@ -25,7 +25,10 @@ A variant is a spec string: `ref` or `wadi`, then `+option`s:
   profile   profile one extra step and break its GPU time down by kernel kind and by op + input shapes
 `wadi+autocast+unfused` is the module as it was before this benchmark's changes.
 
-    python experiments/bench/bench_step.py --plan "sd15:ref,ref+ckpt,wadi,wadi+ckpt" --out results/
+    python -m experiments.bench.bench_step --plan "sd15:ref,ref+ckpt,wadi,wadi+ckpt" --out results/
+
+(from the repository root). The fused rotation's accuracy against float64 on a full-size layer is a GPU
+test: `python -m pytest -m gpu tests/adapters`.
 """
 
 from __future__ import annotations
@@ -44,14 +47,11 @@ from pathlib import Path
 
 import torch
 
+from experiments.bench.reference import ReferenceVSD
+from wadi.adapters import get_adapter
+from wadi.backbones import Backbone, BackboneConfig, PixArtDenoiser, UNetDenoiser
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(REPO))
-
-from reference import ReferenceVSD  # noqa: E402
-
-import wadi.adapters.lorad as lorad  # noqa: E402
-from wadi.backbones import Backbone, BackboneConfig, PixArtDenoiser, UNetDenoiser  # noqa: E402
 
 H100_DENSE_BF16 = 989e12
 
@@ -435,16 +435,18 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         # After setup (which cast the base): apply the levers this variant turns off or on.
         denoiser = pl_module.denoiser
         if variant.has("autocast"):
-            denoiser.compute_dtype = None
+            denoiser.update_speed(compute_dtype=None)
         if variant.has("ungrouped"):
-            denoiser.group_rotations = False
-        info["group_rotations"] = denoiser.group_rotations
+            denoiser.update_speed(group_rotations=False)
+        if variant.has("unfused"):
+            denoiser.update_speed(fused_rotation=False)
+        info["group_rotations"] = denoiser.speed.group_rotations
         if variant.has("cl"):
             denoiser.model.to(memory_format=torch.channels_last)
         if variant.has("compile"):
             info["compiled_regions"] = compile_regions(denoiser.model)
 
-        info["compute_dtype"] = str(denoiser.compute_dtype)
+        info["compute_dtype"] = str(denoiser.speed.compute_dtype)
         info["base_dtype"] = str(next(denoiser.model.parameters()).dtype)
         info["trainable"] = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
 
@@ -465,12 +467,10 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         benchmark=True if variant.has("cudnn") else None,
         callbacks=[lightning_clock(clock, on_start, mark_cudagraph_steps=variant.has("cudagraphs"))],
     )
-    lorad.FUSED_ROTATION = not variant.has("unfused")
     try:
         with sdpa_backend(variant), inductor_options(variant):
             trainer.fit(module, loader)
     finally:
-        lorad.FUSED_ROTATION = True
         torch.backends.cudnn.benchmark = False
     metrics = trainer.callback_metrics
     info["loss_generator"] = float(metrics["train/loss_generator"])
@@ -504,14 +504,15 @@ def sdpa_backend(variant: Variant):
 def run_reference(arch_name: str, arch: Arch, variant: Variant, args, clock: StepClock) -> dict:
     device = torch.device(args.device)
     cfg = backbone_config(arch_name, arch)
+    adapter = get_adapter()  # the same layers as wadi's side: conf/adapter/lorad.yaml
     on_gpu = device.type == "cuda"
     # The scripts' dtypes: fp16 + GradScaler for SD, bf16 for PixArt; fp32 without autocast on CPU.
     dtype = (torch.float16 if arch.kind == "unet" else torch.bfloat16) if on_gpu else torch.float32
     ref = ReferenceVSD(
         wrapper(arch),
         build_model(arch, device),
-        cfg.targets("generator"),
-        cfg.targets("fake_score"),
+        adapter.targets(arch.kind, "generator"),
+        adapter.targets(arch.kind, "fake_score"),
         rank=args.rank or cfg.default_rank,
         fake_rank=32,
         alphas_cumprod=alphas_cumprod(arch, device),
@@ -589,61 +590,6 @@ def bf16_matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> f
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
-def check_rotation(device: torch.device) -> dict:
-    """The fused rotation against float64 on a full-size layer (1280 x 5120, rank 256), forward and grads."""
-    torch.manual_seed(0)
-    out_f, in_f, r = 1280, 5120, 256
-    W = torch.randn(out_f, in_f, device=device).bfloat16()
-    A = (torch.randn(out_f, r, device=device) * 0.05).requires_grad_()
-    B = torch.nn.init.xavier_uniform_(torch.empty(r, in_f // 2, device=device)).requires_grad_()
-    G = torch.randn(out_f, in_f, device=device).bfloat16()
-    result = {}
-    for fused in (True, False):
-        lorad.FUSED_ROTATION = fused
-        A.grad = B.grad = None
-        Wr = lorad.rotated_weight(W, A, B, torch.bfloat16)
-        (Wr.float() * G.float()).sum().backward()
-        result[fused] = (Wr.detach().double(), A.grad.double(), B.grad.double())
-    lorad.FUSED_ROTATION = True
-    A64, B64 = A.detach().double().requires_grad_(), B.detach().double().requires_grad_()
-    ref_w = lorad.rotate_pairs(W.double(), lorad.wrap_angle(A64 @ B64))
-    (ref_w * G.double()).sum().backward()
-
-    def rel(x, y):
-        return float((x - y).norm() / y.norm())
-
-    # The grouped path (a stack of same-shape layers in one launch) against the per-layer one.
-    Ws = [torch.randn(out_f, in_f, device=device).bfloat16() for _ in range(3)]
-    As = [(torch.randn(out_f, r, device=device) * 0.05).requires_grad_() for _ in range(3)]
-    Bs = [torch.randn(r, in_f // 2, device=device).mul(0.02).requires_grad_() for _ in range(3)]
-    Gs = [torch.randn(out_f, in_f, device=device).bfloat16() for _ in range(3)]
-    per_layer = [lorad.rotated_weight(w, a, b, torch.bfloat16) for w, a, b in zip(Ws, As, Bs)]
-    sum((w.float() * g.float()).sum() for w, g in zip(per_layer, Gs)).backward()
-    ref_grads = [p.grad.clone() for p in As + Bs]
-    for p in As + Bs:
-        p.grad = None
-    stacked = lorad._RotatedWeight.apply(torch.stack(As), torch.stack(Bs), torch.bfloat16, tuple(Ws)).unbind(
-        0
-    )
-    sum((w.float() * g.float()).sum() for w, g in zip(stacked, Gs)).backward()
-    grouped = {
-        "W_max_rel": max(rel(w.detach().double(), p.detach().double()) for w, p in zip(stacked, per_layer)),
-        "grad_max_rel": max(rel(p.grad.double(), g.double()) for p, g in zip(As + Bs, ref_grads)),
-    }
-
-    out = {}
-    for fused, (w, ga, gb) in result.items():
-        tag = "fused" if fused else "torch"
-        out[tag] = {
-            "W_rel": rel(w, ref_w.detach()),
-            "dA_rel": rel(ga, A64.grad),
-            "dB_rel": rel(gb, B64.grad),
-            "finite": bool(torch.isfinite(w).all()),
-        }
-    out["grouped_vs_per_layer"] = grouped
-    return out
-
-
 def cleanup() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -693,7 +639,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--precision", default=None, help="Trainer precision (default bf16-mixed on GPU)")
     p.add_argument("--budget", type=float, default=float("inf"), help="skip variants after this many s")
     p.add_argument("--out", type=Path, default=None, help="folder for results.jsonl and profiles")
-    p.add_argument("--check", action="store_true", help="check the fused rotation against float64 first")
     p.add_argument(
         "--compile-cache",
         type=Path,
@@ -721,8 +666,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if device.type == "cuda":
         peak = bf16_matmul_tflops(device)
         header["bf16_matmul_tflops"] = peak
-    if args.check and device.type == "cuda":
-        header["rotation_check"] = check_rotation(device)
     if args.compile_cache and args.compile_cache.is_file():
         torch.compiler.load_cache_artifacts(args.compile_cache.read_bytes())
         header["compile_cache_loaded"] = args.compile_cache.stat().st_size

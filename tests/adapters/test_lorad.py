@@ -8,8 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from wadi.adapters import AdapterTargets, LoRaDLinear, add_lorad, lorad_weight, use_adapter, wrap_angle
-from wadi.adapters.inject import adapter_parameters, merge_adapter, unmerge_adapter
+from wadi.adapters import (
+    AdapterTargets,
+    LoRaD,
+    LoRaDLinear,
+    get_adapter,
+    lorad_weight,
+    use_adapter,
+    wrap_angle,
+)
+
+LORAD = LoRaD()  # no config: tests give their targets
 
 
 def direct_rotation(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -111,13 +120,13 @@ def test_odd_input_width_names_layer():
     model = nn.Sequential()
     model.add_module("block", nn.Sequential(nn.Linear(7, 4), nn.Linear(4, 4)))
     with pytest.raises(ValueError, match=r"block\.0.*in_features=7"):
-        add_lorad(model, "generator", 2, AdapterTargets(["block"]))
-    assert add_lorad(model, "generator", 2, AdapterTargets(["block"], on_odd="skip")) == ["block.1"]
+        LORAD.attach(model, "generator", 2, AdapterTargets(["block"]))
+    assert LORAD.attach(model, "generator", 2, AdapterTargets(["block"], on_odd="skip")) == ["block.1"]
 
 
 def test_rank_below_one_rejected():
     with pytest.raises(ValueError, match="rank must be >= 1"):
-        add_lorad(nn.Sequential(nn.Linear(4, 4)), "generator", 0, AdapterTargets(["0"]))
+        LORAD.attach(nn.Sequential(nn.Linear(4, 4)), "generator", 0, AdapterTargets(["0"]))
 
 
 def test_two_adapters_one_base_and_target_selection():
@@ -128,14 +137,14 @@ def test_two_adapters_one_base_and_target_selection():
             "head": nn.Linear(4, 4),
         }
     )
-    gen = add_lorad(model, "generator", 2, AdapterTargets(["blocks"]))
-    fake = add_lorad(model, "fake_score", 1, AdapterTargets(["blocks"], ["proj_in"]))
+    gen = LORAD.attach(model, "generator", 2, AdapterTargets(["blocks"]))
+    fake = LORAD.attach(model, "fake_score", 1, AdapterTargets(["blocks"], ["proj_in"]))
     assert gen == ["blocks.proj_in", "blocks.ff"] and fake == ["blocks.ff"]
     assert isinstance(model["head"], nn.Linear) and not isinstance(model["head"], LoRaDLinear)
     frozen = [p for p in model["blocks"].parameters() if not p.requires_grad]
     assert len(frozen) == 4  # two weights + two biases, one copy each, shared by both adapters
     with torch.no_grad():
-        for p in adapter_parameters(model, "generator") + adapter_parameters(model, "fake_score"):
+        for p in LORAD.parameters(model, "generator") + LORAD.parameters(model, "fake_score"):
             p.normal_()
     x = torch.randn(2, 4)
     ff = model["blocks"]["ff"]
@@ -145,8 +154,8 @@ def test_two_adapters_one_base_and_target_selection():
             outs[role] = ff(x)
     assert not torch.allclose(outs["generator"], outs["fake_score"])
     assert not torch.allclose(outs[None], outs["generator"])
-    merge_adapter(model, "generator")
-    unmerge_adapter(model)
+    LORAD.merge(model, "generator")
+    LORAD.unmerge(model)
     with use_adapter("generator"):
         assert torch.allclose(ff(x), outs["generator"])
 
@@ -160,8 +169,8 @@ def test_grouped_rotation_equals_per_layer_forward_and_grads(tiny_sd_cfg, monkey
     backbone = load_backbone(tiny_sd_cfg, load_text=False, load_vae=False)
     cfg = backbone.cfg
     model = backbone.denoiser.model
-    add_lorad(model, "generator", 4, cfg.targets("generator"))
-    params = adapter_parameters(model, "generator")
+    LORAD.attach(model, "generator", 4, cfg.targets("generator", get_adapter("lorad")))
+    params = LORAD.parameters(model, "generator")
     with torch.no_grad():
         for p in params:
             p.normal_(std=0.3)
@@ -172,7 +181,7 @@ def test_grouped_rotation_equals_per_layer_forward_and_grads(tiny_sd_cfg, monkey
     monkeypatch.setattr(lorad_mod, "rotated_weight", lambda *a, **k: calls.append(1) or per_layer(*a, **k))
 
     def run(grouped: bool):
-        backbone.denoiser.group_rotations = grouped
+        backbone.denoiser.update_speed(group_rotations=grouped)
         for p in params:
             p.grad = None
         calls.clear()

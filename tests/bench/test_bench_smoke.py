@@ -1,10 +1,8 @@
-"""The step benchmark end to end on tiny models (CPU), and the fused LoRaD rotation it measures."""
+"""The benchmarks end to end on tiny models (CPU). The fused rotation they measure: tests/adapters."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import wadi.adapters.lorad as lorad
-
-BENCH = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "bench_step.py"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_step"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    import experiments.bench.bench_step as bench
+
+    return bench
 
 
 def test_bench_runs_wadi_and_reference_on_tiny_models(tmp_path, capsys):
@@ -83,66 +77,13 @@ def test_variant_spec_rejects_unknown_options():
         bench.Variant.parse("fast")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rotated_weight_matches_plain_formula_and_its_gradients(dtype):
-    torch.manual_seed(0)
-    W = torch.randn(6, 10).to(dtype)
-    A = (torch.randn(6, 3) * 2).requires_grad_()  # large angles exercise the wrap
-    B = torch.randn(3, 5).requires_grad_()
-    G = torch.randn(6, 10)
-    got = lorad.rotated_weight(W, A, B, dtype)
-    (got.float() * G).sum().backward()
-    grads = A.grad.clone(), B.grad.clone()
-    A.grad = B.grad = None
-    lorad.FUSED_ROTATION = False
-    try:
-        want = lorad.rotated_weight(W, A, B, dtype)
-    finally:
-        lorad.FUSED_ROTATION = True
-    (want.float() * G).sum().backward()
-    assert got.dtype == dtype
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    assert torch.allclose(got.float(), want.float(), atol=tol)
-    assert torch.allclose(grads[0], A.grad, rtol=tol, atol=tol) and torch.allclose(
-        grads[1], B.grad, rtol=tol, atol=tol
-    )
-    if dtype == torch.float32:  # and the exact function of spec section 2
-        assert torch.allclose(got, lorad.lorad_weight(W, A, B), atol=1e-6)
-
-
-KERNEL_CHECK = """
-import torch, wadi.adapters.lorad as L
-torch.manual_seed(0)
-for dt in (torch.float32, torch.bfloat16):
-    W, theta, g = torch.randn(6, 10).to(dt), torch.randn(6, 5) * 4, torch.randn(6, 10).to(dt)
-    out, d = torch.empty(6, 10, dtype=dt), torch.empty(6, 5)
-    L._rotate_fwd_kernel[(4,)](W, theta, out, 30, BLOCK=8)
-    L._rotate_bwd_kernel[(4,)](W, theta, g, d, 30, BLOCK=8)
-    want = L.rotate_pairs(W.float(), L.wrap_angle(theta)).to(dt)
-    tol = 1e-5 if dt == torch.float32 else 2e-2
-    assert torch.allclose(out.float(), want.float(), atol=tol), (out - want).abs().max()
-    assert torch.allclose(d, L._rotate_grad(W, theta, g), atol=1e-4), (d - L._rotate_grad(W, theta, g)).abs().max()
-print("ok")
-"""
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_triton_kernels_in_interpreter_mode():
-    """The CUDA kernels' arithmetic and indexing (tail masking too), run by Triton's CPU interpreter."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
-
-
 @pytest.mark.slow
 def test_scaling_bench_runs_two_processes_and_reports_efficiency(tmp_path):
     """The weak-scaling runner end to end with 2 CPU processes (gloo): one row per point, efficiency vs 1."""
-    script = BENCH.parent / "bench_scaling.py"
-    cmd = [sys.executable, str(script), "--arch", "tiny_sd", "--device", "cpu", "--devices", "1", "2"]
+    cmd = [sys.executable, "-m", "experiments.bench.bench_scaling", "--arch", "tiny_sd", "--device", "cpu"]
+    cmd += ["--devices", "1", "2"]
     cmd += ["--strategies", "ddp", "--batch", "2", "--warmup", "1", "--steps", "2", "--out", str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=BENCH.parents[2])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "scaling.jsonl").read_text().splitlines()]
     assert [(r["strategy"], r["devices"]) for r in rows] == [("ddp", 1), ("ddp", 2)], out.stderr[-2000:]

@@ -28,7 +28,7 @@ def test_paper_recipe_adapts_adaln_single_on_pixart():
     cfg = _compose("backbone=pixart", "recipe=paper", "dry_run=true")
     metrics, _ = train(cfg)
     assert metrics["parameters"]["generator"] == 82_563_072  # every nn.Linear of the DiT, at rank 128
-    assert "adaln_single" not in _compose("backbone=pixart").backbone.generator_targets.blocks
+    assert "adaln_single" not in _compose("backbone=pixart").adapter.targets.pixart.generator.blocks
 
 
 def test_wadi_recipe_keeps_the_measured_toy_defaults():

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from wadi.adapters.context import use_adapter
-from wadi.adapters.inject import adapter_parameters
 from wadi.backbones import Conditioning
 from wadi.distill.module import WaDiModule
 
@@ -117,8 +116,8 @@ def test_gradient_checkpointing_gives_same_gradients(cfg_name, request):
     randomize(plain.generator_parameters())
     randomize(plain.fake_score_parameters())
     ckpt = copy.deepcopy(plain)
-    ckpt.denoiser.enable_gradient_checkpointing()
-    assert ckpt.denoiser.group_rotations  # recomputation reuses the pass's precomputed W'
+    ckpt.denoiser.update_speed(gradient_checkpointing=True)
+    assert ckpt.denoiser.speed.group_rotations  # recomputation reuses the pass's precomputed W'
     grads = []
     for m in (plain, ckpt):
         m.train()
@@ -192,5 +191,5 @@ def test_teacher_unaffected_by_adapters(tiny_sd_cfg):
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([10])
     cond = Conditioning(*m.backbone.text_encoder.encode(PROMPTS[:1]))
     before = m.denoiser(x, t, cond, None)
-    randomize(adapter_parameters(m.denoiser.model, "generator"))
+    randomize(m.generator_parameters())
     assert torch.equal(m.denoiser(x, t, cond, None), before)

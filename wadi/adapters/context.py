@@ -1,9 +1,16 @@
-"""Which named adapter a forward pass uses, bound to the call so gradient checkpointing recomputes it.
+"""What one forward pass binds: the adapter role, and how its layers get W'.
 
 One frozen network plays three roles (teacher, fake score, generator). The role is chosen per forward
-with `use_adapter(name)`. A plain global switch is not enough under activation checkpointing: the
-recomputation happens during backward, when another role may be active. `role_preserving_checkpoint`
-captures the role at forward time and re-enters it for the recomputation (PERFORMANCE.md, "Gotcha").
+with `use_adapter(name)`; the pass's rotation state (every layer's W' precomputed at the pass's start by
+`wadi.adapters.prerotate`, and whether per-layer rotations use the fused kernels) with `use_rotation`.
+
+Why module-level state and not an argument or a ContextVar: the layers that read it sit deep inside
+diffusers' forward, which takes no extra arguments; torch.compile guards on a plain module attribute's
+value (one graph per role), which it does not do for a ContextVar. A plain global switch is still not
+enough under activation checkpointing: the recomputation happens during backward, when another role may
+be active, so `role_preserving_checkpoint` captures the role and rotation state at forward time and
+re-enters them for the recomputation (PERFORMANCE.md, "Gotcha"). The speed options themselves live in
+`wadi.speed.SpeedOptions`, given to the Denoiser, which binds them here for each pass.
 """
 
 from __future__ import annotations
@@ -16,25 +23,31 @@ import torch.utils.checkpoint
 
 # A plain module attribute (not a ContextVar) so torch.compile can guard on its value.
 _ACTIVE: dict[str, str | None] = {"name": None}
-# W' of every adapted layer for the pass being run, built in a few batched launches at the pass's start
-# (`wadi.adapters.lorad.rotation_scope`); keyed by id(layer). None: each layer rotates its own weight.
-_PREROTATED: dict[str, dict[int, Any] | None] = {"weights": None}
+# weights: W' of every adapted layer for the pass being run, keyed by id(layer); None: each layer rotates
+# its own weight. fused: whether a layer rotating its own weight uses the fused kernels.
+_ROTATION: dict[str, Any] = {"weights": None, "fused": True}
 
 
 def prerotated(layer: object) -> Any:
     """The pass's precomputed W' for `layer`, or None."""
-    weights = _PREROTATED["weights"]
+    weights = _ROTATION["weights"]
     return None if weights is None else weights.get(id(layer))
 
 
+def fused_rotation() -> bool:
+    """Whether this pass's per-layer rotations use the fused kernels (`SpeedOptions.fused_rotation`)."""
+    return _ROTATION["fused"]
+
+
 @contextmanager
-def use_prerotated(weights: dict[int, Any] | None) -> Iterator[None]:
-    previous = _PREROTATED["weights"]
-    _PREROTATED["weights"] = weights
+def use_rotation(weights: dict[int, Any] | None, fused: bool = True) -> Iterator[None]:
+    """Run the enclosed pass with precomputed W' `weights` (or none) and per-layer rotations `fused` or not."""
+    previous = dict(_ROTATION)
+    _ROTATION.update(weights=weights, fused=fused)
     try:
         yield
     finally:
-        _PREROTATED["weights"] = previous
+        _ROTATION.update(previous)
 
 
 def active_adapter() -> str | None:
@@ -54,15 +67,16 @@ def use_adapter(name: str | None) -> Iterator[None]:
 
 
 def role_preserving_checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`torch.utils.checkpoint` that recomputes under the adapter (and precomputed W') of the forward.
+    """`torch.utils.checkpoint` that recomputes under the adapter (and rotation state) of the forward.
 
     Signature matches diffusers' `enable_gradient_checkpointing(gradient_checkpointing_func=...)`.
     """
     role = active_adapter()
-    weights = _PREROTATED["weights"]  # the pass's W' too: the recomputation must use the same tensors
+    # The pass's W' too: the recomputation must use the same tensors.
+    weights, fused = _ROTATION["weights"], _ROTATION["fused"]
 
     def run_with_role(*inner_args: Any, **inner_kwargs: Any) -> Any:
-        with use_adapter(role), use_prerotated(weights):
+        with use_adapter(role), use_rotation(weights, fused):
             return function(*inner_args, **inner_kwargs)
 
     return torch.utils.checkpoint.checkpoint(run_with_role, *args, use_reentrant=False, **kwargs)

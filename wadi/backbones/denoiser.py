@@ -6,40 +6,77 @@ that knows how each diffusers model takes its inputs.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
 from wadi.adapters.context import role_preserving_checkpoint, use_adapter
-from wadi.adapters.lorad import LoRaDLinear, rotation_groups, rotation_scope
+from wadi.adapters.lorad import LoRaDLinear
+from wadi.adapters.prerotate import rotation_groups, rotation_scope
 from wadi.backbones.conditioning import Conditioning
+from wadi.speed import SpeedOptions, compile_passes, make_room
 
 
 class Denoiser(nn.Module):
-    """A frozen diffusers denoiser whose LoRaD adapters give the fake-score and generator roles."""
+    """A frozen diffusers denoiser whose adapters give the fake-score and generator roles.
 
-    def __init__(self, model: nn.Module) -> None:
+    It runs every pass as its `SpeedOptions` say (`speed`; given at construction or by `set_speed` /
+    `update_speed`). Pass-level pre-rotation (`group_rotations`) concerns LoRaD layers only: a model
+    without them (another adapter kind) finds no groups and runs each layer as it is.
+    """
+
+    def __init__(self, model: nn.Module, speed: SpeedOptions | None = None) -> None:
         super().__init__()
         self.model = model
-        # When set (WaDiModule.cast_frozen does), the model runs natively in this dtype with autocast off.
-        # Autocast runs every GroupNorm/LayerNorm in float32 and casts back for the next conv or linear:
-        # round trips through memory in a memory-bound network (experiments/bench).
-        self.compute_dtype: torch.dtype | None = None
-        # Set by `wadi.speed.compile_frozen_passes`: a compiled `model` for the no-grad CFG passes, and with
-        # `compile_grad_passes` (`wadi.speed.compile_training_passes`) for every pass that runs with gradients.
-        self.compiled_model: nn.Module | None = None
-        self.compile_grad_passes = False
-        # Build every adapted layer's W' at the start of a pass, batched over same-shape layers (checkpointed
-        # blocks recompute with the same W'; off under FSDP, whose weights are whole only inside a block).
-        self.group_rotations = True
-        self._groups: dict[str, list] = {}
+        self._speed = SpeedOptions()
+        # The compiled `model` for the VSD passes `speed.compile` names. Not an nn.Module attribute:
+        # registered, it would duplicate every key of the state dict.
+        object.__setattr__(self, "_compiled", None)
+        self._groups: dict[str, list] = {}  # adapter -> its LoRaD layers grouped by shape (prerotate)
+        if speed is not None:
+            self.set_speed(speed)
 
     @property
     def in_channels(self) -> int:
         return self.model.config.in_channels
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Checkpoint every block, recomputing under the adapter that ran the forward."""
-        self.model.enable_gradient_checkpointing(gradient_checkpointing_func=role_preserving_checkpoint)
+    # ----------------------------------------------------------------- speed options
+    @property
+    def speed(self) -> SpeedOptions:
+        """How the passes run (`wadi.speed.SpeedOptions`); change it with `set_speed` / `update_speed`."""
+        return self._speed
+
+    @property
+    def compiled(self) -> nn.Module | None:
+        """The compiled graph the VSD passes run through, or None (`speed.compile` false)."""
+        return self._compiled
+
+    def set_speed(self, speed: SpeedOptions) -> None:
+        """Apply `speed`: checkpoint the blocks or not, compile (lazily: nothing is traced yet) or not."""
+        old = self._speed
+        if speed.gradient_checkpointing != old.gradient_checkpointing:
+            if speed.gradient_checkpointing:
+                # Recompute every block under the adapter (and W') that ran the forward.
+                self.model.enable_gradient_checkpointing(
+                    gradient_checkpointing_func=role_preserving_checkpoint
+                )
+            else:
+                self.model.disable_gradient_checkpointing()
+        if not speed.compile:
+            object.__setattr__(self, "_compiled", None)
+        elif self._compiled is None or speed.compile_backend != old.compile_backend:
+            compiled = compile_passes(self.model, speed.compile_backend, speed.graphs)
+            object.__setattr__(self, "_compiled", compiled)
+        elif speed.graphs > old.graphs:
+            make_room(
+                speed.graphs - old.graphs
+            )  # the same compiled model traces the passes with gradients too
+        self._speed = speed
+
+    def update_speed(self, **changes) -> None:
+        """`set_speed` with some fields of the current options changed."""
+        self.set_speed(replace(self._speed, **changes))
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None = None) -> Tensor:
         """Predicted epsilon for x_t (B, C, h, w) at integer timesteps t (B,), with adapter `adapter`."""
@@ -51,28 +88,31 @@ class Denoiser(nn.Module):
         No-grad passes outside `cfg` (sample grids, evaluation) stay eager: their batch shapes would each
         compile a graph of their own.
         """
-        if self.compiled_model is None:
+        if self._compiled is None:
             return self.model
         if torch.is_grad_enabled():
-            return self.compiled_model if self.compile_grad_passes else self.model
-        return self.compiled_model if cfg_pass else self.model
+            return self._compiled if self._speed.compile == "all" else self.model
+        return self._compiled if cfg_pass else self.model
 
     def _run(
         self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
     ) -> Tensor:
+        speed = self._speed
         groups = self._rotation_groups(adapter)
         device = x_t.device.type
+        fused = speed.fused_rotation
         with use_adapter(adapter):
-            if self.compute_dtype is None:
+            if speed.compute_dtype is None:
                 dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-                with rotation_scope(groups, adapter, dtype):
+                with rotation_scope(groups, adapter, dtype, fused):
                     return self._eps(model, x_t, t, cond)
-            with torch.autocast(device, enabled=False), rotation_scope(groups, adapter, self.compute_dtype):
-                return self._eps(model, x_t.to(self.compute_dtype), t, cond.to(dtype=self.compute_dtype))
+            dtype = speed.compute_dtype
+            with torch.autocast(device, enabled=False), rotation_scope(groups, adapter, dtype, fused):
+                return self._eps(model, x_t.to(dtype), t, cond.to(dtype=dtype))
 
     def _rotation_groups(self, adapter: str | None) -> list | None:
         """Adapter `adapter`'s layers grouped by shape (built once per adapter), or None when grouping is off."""
-        if adapter is None or not self.group_rotations:
+        if adapter is None or not self._speed.group_rotations:
             return None
         if adapter not in self._groups:
             layers = [m for m in self.model.modules() if isinstance(m, LoRaDLinear)]

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from wadi.adapters.inject import AdapterTargets
+from wadi.adapters.base import Adapter
+from wadi.adapters.targets import AdapterTargets
 from wadi.backbones.denoiser import Denoiser, PixArtDenoiser, UNetDenoiser
 from wadi.backbones.text import TextEncoder, load_text_encoder
 
@@ -28,7 +29,12 @@ KINDS: dict[str, tuple[type[Denoiser], str, str]] = {
 
 @dataclass
 class BackboneConfig:
-    """Mirror of `conf/backbone/*.yaml`: where the weights are and how WaDi adapts them."""
+    """Mirror of `conf/backbone/*.yaml`: where the weights are and how WaDi distills them.
+
+    Which layers the adapters cover is the adapter's config, per backbone `kind` (conf/adapter/*.yaml).
+    `generator_targets` / `fake_score_targets` are only read from configs written before that (the run
+    configs stored in older checkpoints): when set, they override the adapter's targets for this backbone.
+    """
 
     name: str
     kind: str
@@ -40,8 +46,8 @@ class BackboneConfig:
     guidance_scale: float = 1.5
     fake_guidance_scale: float | None = None  # the fake score's CFG in VSD; None: guidance_scale
     default_rank: int = 256
-    generator_targets: dict = field(default_factory=dict)
-    fake_score_targets: dict = field(default_factory=dict)
+    generator_targets: dict | None = None  # legacy override, see the class docstring
+    fake_score_targets: dict | None = None
     arch_config: str | None = None  # a denoiser config.json, for meta builds without weights
     alpha_T: float | None = None  # override of sqrt(alphas_cumprod[T]); None reads the scheduler
 
@@ -50,11 +56,10 @@ class BackboneConfig:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in dict(cfg).items() if k in known})
 
-    def targets(self, role: str) -> AdapterTargets:
-        raw = dict(self.generator_targets if role == "generator" else self.fake_score_targets)
-        return AdapterTargets(
-            list(raw.get("blocks", [])), list(raw.get("skip", [])), raw.get("on_odd", "error")
-        )
+    def targets(self, role: str, adapter: Adapter) -> AdapterTargets:
+        """The layers `adapter` covers for `role` ("generator" or "fake_score") on this backbone."""
+        legacy = self.generator_targets if role == "generator" else self.fake_score_targets
+        return AdapterTargets.from_mapping(legacy) if legacy else adapter.targets(self.kind, role)
 
 
 def check_layout(pretrained: str | Path | None, kind: str, need_text: bool = True) -> Path:

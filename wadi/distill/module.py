@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from wadi.adapters.inject import adapter_parameters, add_lorad
+from wadi.adapters import get_adapter
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
 from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, check_finite, nonfinite_count
@@ -28,7 +28,7 @@ from wadi.distill.losses import add_noise, fake_score_loss, generator_loss
 from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
 from wadi.samplers import one_step, seeded_noise
-from wadi.speed import COMPILE_CHOICES, compile_frozen_passes, compile_training_passes
+from wadi.speed import SpeedOptions
 
 GENERATOR = "generator"
 FAKE_SCORE = "fake_score"
@@ -79,6 +79,7 @@ class WaDiModule(L.LightningModule):
         nonfinite: str = "stop",
         load_text_encoder: bool = True,
         run_config: Mapping[str, Any] | None = None,
+        adapter: Mapping[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -89,17 +90,8 @@ class WaDiModule(L.LightningModule):
             ignore=["optimizer", "run_config", "vsd"] + (["backbone"] if prebuilt else [])
         )
         self.hparams["vsd"] = self.vsd.as_dict()
-        if compile_passes not in COMPILE_CHOICES:
-            raise ValueError(
-                f"compile must be false, true (the no-grad teacher / fake-score passes) or all (every VSD "
-                f"pass, with gradients too), got {compile_passes!r}"
-            )
-        if compile_passes == "all" and gradient_checkpointing:
-            raise ValueError(
-                "compile=all with gradient_checkpointing=true is not supported (checkpointed blocks inside "
-                "the compiled graph are untested); use compile=all for speed or gradient_checkpointing=true "
-                "for memory"
-            )
+        # Refuses bad compile / gradient_checkpointing values now; applied to the denoiser below and at setup.
+        SpeedOptions(compile_passes, compile_backend, gradient_checkpointing=bool(gradient_checkpointing))
         if nonfinite not in NONFINITE_CHOICES:
             raise ValueError(
                 f"nonfinite must be stop (end the run with an error at the first NaN/inf loss or gradient) or "
@@ -115,11 +107,13 @@ class WaDiModule(L.LightningModule):
         )
         cfg = self.backbone.cfg
         model = self.backbone.denoiser.model
-        self.generator_layers = add_lorad(model, GENERATOR, int(rank), cfg.targets(GENERATOR))
-        self.fake_score_layers = add_lorad(model, FAKE_SCORE, int(fake_rank), cfg.targets(FAKE_SCORE))
+        self.adapter = get_adapter(adapter)  # None: LoRaD with conf/adapter/lorad.yaml
+        gen, fake = cfg.targets(GENERATOR, self.adapter), cfg.targets(FAKE_SCORE, self.adapter)
+        self.generator_layers = self.adapter.attach(model, GENERATOR, int(rank), gen)
+        self.fake_score_layers = self.adapter.attach(model, FAKE_SCORE, int(fake_rank), fake)
         if gradient_checkpointing:
-            self.backbone.denoiser.enable_gradient_checkpointing()
-        self.ema = EMA(adapter_parameters(model, GENERATOR), ema_decay) if ema_decay else None
+            self.denoiser.update_speed(gradient_checkpointing=True)
+        self.ema = EMA(self.adapter.parameters(model, GENERATOR), ema_decay) if ema_decay else None
         self._gradient = self.vsd.gradient_fn()
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, weight_decay=0.0)
         self.run_config = dict(run_config) if run_config is not None else None
@@ -138,10 +132,10 @@ class WaDiModule(L.LightningModule):
         return self.backbone.alphas_cumprod
 
     def generator_parameters(self) -> list[torch.nn.Parameter]:
-        return adapter_parameters(self.denoiser.model, GENERATOR)
+        return self.adapter.parameters(self.denoiser.model, GENERATOR)
 
     def fake_score_parameters(self) -> list[torch.nn.Parameter]:
-        return adapter_parameters(self.denoiser.model, FAKE_SCORE)
+        return self.adapter.parameters(self.denoiser.model, FAKE_SCORE)
 
     def _embed_dtype(self) -> torch.dtype:
         return next(self.denoiser.model.parameters()).dtype
@@ -301,13 +295,10 @@ class WaDiModule(L.LightningModule):
         if dtype is not None:
             self.cast_frozen(dtype)
         # After the cast: the graphs are traced in the base's dtype.
-        backend = self.hparams.compile_backend
-        if self.hparams.compile_passes == "all" and not self.denoiser.compile_grad_passes:
-            compile_training_passes(self.denoiser, backend=backend)
-        elif self.hparams.compile_passes is True and self.denoiser.compiled_model is None:
-            compile_frozen_passes(self.denoiser, backend=backend)
-        else:
+        wanted = self.hparams.compile_passes
+        if not wanted or self.denoiser.speed.compile in (wanted, "all"):
             return
+        self.denoiser.update_speed(compile=wanted, compile_backend=self.hparams.compile_backend)
         rank_zero_info(
             f"compile={str(self.hparams.compile_passes).lower()}: the first steps compile the VSD passes "
             "(on an H100: ~1.5 min for true, 5-6 min for all; experiments/bench/RESULTS.md)"
@@ -320,7 +311,7 @@ class WaDiModule(L.LightningModule):
                 p.data = p.data.to(dtype)
         # A bf16 base runs natively in bf16 (autocast off inside the denoiser; adapters still build W' in
         # float32 arithmetic): autocast's float32 norms would round-trip every activation through memory.
-        self.denoiser.compute_dtype = dtype if dtype == torch.bfloat16 else None
+        self.denoiser.update_speed(compute_dtype=dtype if dtype == torch.bfloat16 else None)
         self._null = None
 
     # ----------------------------------------------------------------- sampling
@@ -339,7 +330,7 @@ class WaDiModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def adapter_keys(self) -> set[str]:
-        return {k for k in self.state_dict() if ".lorad." in k or k.startswith("ema.")}
+        return {k for k in self.state_dict() if self.adapter.is_state_key(k) or k.startswith("ema.")}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep adapters, EMA and what resume needs; the frozen base is reloaded from disk."""
