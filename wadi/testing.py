@@ -193,8 +193,6 @@ def tiny_backbone_config(
         "latent_size": 8,
         "text_max_length": max_length,
         "use_text_mask": kind == "pixart",
-        "guidance_scale": 1.5,
-        "default_rank": 4,
         "generator_targets": gen,
         "fake_score_targets": fake,
     }

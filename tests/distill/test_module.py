@@ -172,8 +172,10 @@ def test_cfg_batched_equals_separate(tiny_pixart_cfg):
 
 
 def test_rank_below_one_is_an_error(tiny_sd_cfg):
-    with pytest.raises(ValueError, match="rank must be >= 1"):
+    with pytest.raises(ValueError, match=r"generator.rank=0: expected an integer >= 1"):
         make_module(tiny_sd_cfg, rank=0)
+    with pytest.raises(ValueError, match=r"fake_score.rank=0: expected an integer >= 1"):
+        make_module(tiny_sd_cfg, fake_score={"rank": 0})
 
 
 def test_generate_shapes_and_ema(tiny_sd_cfg):
