@@ -174,7 +174,7 @@ def test_unknown_backbone_lists_known_ones():
 
 
 def test_rank_below_one_rejected(tmp_path, tiny_sd_dir):
-    with pytest.raises(ValueError, match="rank and fake_rank must be >= 1"):
+    with pytest.raises(ValueError, match=r"rank=0: expected an integer >= 1"):
         train(compose_cfg(tmp_path, tiny_sd_dir, overrides=("rank=0",)))
 
 
