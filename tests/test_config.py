@@ -88,6 +88,8 @@ def test_unknown_adapter_lists_the_known_ones():
             "backbone.alpha_T=2: expected null (read the scheduler) or a number in (0, 1)",
         ),
         ("vsd.fake_steps=0", "vsd.fake_steps=0: expected an integer >= 1"),
+        ("nonfinite=ignore", "nonfinite='ignore': expected stop"),
+        ("compile=grad", "compile='grad': expected false, true"),
     ],
 )
 def test_bad_values_are_refused_naming_key_value_and_expectation(override, message):

@@ -135,6 +135,18 @@ def validate_train_config(cfg: Any) -> TrainConfig:
         _number("ema_decay", ema, "null (no EMA) or a number in (0, 1)")
         if not 0 < ema < 1:
             raise ConfigError(f"ema_decay={ema!r}: expected null (no EMA) or a number in (0, 1)")
+    from wadi.distill.guards import NONFINITE_CHOICES
+    from wadi.speed import COMPILE_CHOICES
+
+    if raw.get("nonfinite", "stop") not in NONFINITE_CHOICES:
+        raise ConfigError(
+            f"nonfinite={raw['nonfinite']!r}: expected stop (end the run at the first NaN/inf loss or gradient) "
+            "or skip (skip that optimizer step and count it)"
+        )
+    if raw.get("compile", False) not in COMPILE_CHOICES:
+        raise ConfigError(
+            f"compile={raw['compile']!r}: expected false, true (the no-grad teacher / fake-score passes) or all"
+        )
     backbone = BackboneConfig.from_mapping(raw["backbone"])
     module = raw.get("module") or {}
     generator = RoleConfig.from_mapping(module.get("generator", raw.get("generator")), "generator")

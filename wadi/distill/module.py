@@ -301,6 +301,7 @@ class WaDiModule(L.LightningModule):
         )
         if self.ema is not None and stepped:
             self.ema.update()
+        fake = norm_f = None  # a method without a fake score (fake_steps 0) logs no fake-score metrics
         for _ in range(self.method.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
             fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
             with _uncounted(opt_f):
@@ -314,9 +315,11 @@ class WaDiModule(L.LightningModule):
         batch_size = len(cond)
         log = partial(self.log, on_step=True, batch_size=batch_size)
         log("train/loss_generator", gen["loss"].detach(), prog_bar=True)
-        log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
+        if fake is not None:
+            log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
         log("train/grad_norm_generator", norm_g)
-        log("train/grad_norm_fake_score", norm_f)
+        if norm_f is not None:
+            log("train/grad_norm_fake_score", norm_f)
         if "g_norm" in gen:
             log("train/vsd_g_rms", gen["g_norm"].detach())
             log("train/vsd_g_nonfinite", gen["g_nonfinite"].float())
