@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from wadi.config import CONF_DIR
 from wadi.distill.module import WaDiModule
 from wadi.export import export_adapters, export_merged, one_step_betas
-from wadi.sampling import seeded_noise
+from wadi.samplers import seeded_noise
 
 PROMPT = "a large red circle at the left and a small blue square at the right"
 

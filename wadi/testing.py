@@ -184,8 +184,6 @@ def tiny_backbone_config(
         "latent_size": 8,
         "text_max_length": max_length,
         "use_text_mask": kind == "pixart",
-        "guidance_scale": 1.5,
-        "default_rank": 4,
     }
 
 

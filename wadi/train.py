@@ -5,6 +5,7 @@ Everything here is wiring; the pieces are importable and tested on their own.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import wadi.config  # noqa: F401  (registers resolvers)
+import wadi.config
 from wadi.adapters import get_adapter
 from wadi.backbones.loading import BackboneConfig, build_denoiser
+from wadi.config import ConfigError, validate_train_config  # (importing wadi.config registers resolvers)
 
 
 def count_parameters(
@@ -39,16 +41,16 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
     from rich.console import Console
     from rich.table import Table
 
+    typed = validate_train_config(cfg)
+    rank, fake_rank = typed.generator.rank, typed.fake_score.rank
     adapter = cfg.get("adapter")
     counts = count_parameters(
         OmegaConf.to_container(cfg.backbone, resolve=True),
-        int(cfg.rank),
-        int(cfg.fake_rank),
+        rank,
+        fake_rank,
         OmegaConf.to_container(adapter, resolve=True) if adapter is not None else None,
     )
-    table = Table(
-        title=f"wadi dry run: backbone={cfg.backbone.name} rank={cfg.rank} fake_rank={cfg.fake_rank}"
-    )
+    table = Table(title=f"wadi dry run: backbone={cfg.backbone.name} rank={rank} fake_rank={fake_rank}")
     table.add_column("role")
     table.add_column("parameters", justify="right")
     table.add_column("trainable", justify="right")
@@ -98,6 +100,12 @@ def _instantiate_plain(config, **kwargs):
         raise
 
 
+def build_module(cfg: DictConfig, **kwargs):
+    """The configured module; its nested nodes (method, optimizer) are built by the module, and `kwargs`
+    (text_encoder, run_config) pass through as given."""
+    return _instantiate_plain(cfg.module, _convert_="all", _recursive_=False, **kwargs)
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit WaDi as configured; returns (metrics, objects)."""
     import lightning as L
@@ -108,9 +116,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from wadi.distributed import is_sharded
     from wadi.export import export_adapters, export_merged
 
-    if int(cfg.rank) < 1 or int(cfg.fake_rank) < 1:
-        raise ValueError(f"rank and fake_rank must be >= 1, got rank={cfg.rank}, fake_rank={cfg.fake_rank}")
-    runs.check_training_config(cfg)  # max_steps >= 1
+    validate_train_config(cfg)  # one clean error naming the key, before anything slow loads
+    runs.check_training_config(cfg)  # max_steps >= 1 (trainer.max_steps too)
     if cfg.dry_run:
         return {"parameters": dry_run(cfg)}, {}
 
@@ -130,12 +137,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
-    cache = datamodule.embedding_cache() if hasattr(datamodule, "embedding_cache") else None
-    # With a text-embedding cache the text encoder is never loaded (T5-XXL alone is ~9.5 GB in fp16).
-    module = _instantiate_plain(cfg.module, _convert_="all", load_text_encoder=cache is None)
-    if cache is not None:
-        module.prompt_lookup = cache.lookup
-    module.run_config = resolved  # set after: instantiate would recurse into its _target_ entries
+    # With a text-embedding cache the module is given the cache as its text encoder, and the backbone's is never
+    # loaded (T5-XXL alone is ~9.5 GB in fp16).
+    text_encoder = datamodule.text_encoder() if hasattr(datamodule, "text_encoder") else None
+    module = build_module(cfg, text_encoder=text_encoder, run_config=resolved)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if cfg.get("eval") and cfg.get("eval_callback"):
         callbacks.append(instantiate(cfg.eval_callback, evaluator=cfg.eval))
@@ -173,7 +178,7 @@ def _whole_copy(cfg: DictConfig, module):
     """The run's adapters (and EMA) on a whole frozen base loaded from disk, in the trained base's dtype."""
     import torch
 
-    fresh = _instantiate_plain(cfg.module, _convert_="all", load_text_encoder=False)
+    fresh = build_module(cfg, text_encoder=False)
     keep = module.adapter_keys()
     adapters = {k: v.detach().cpu() for k, v in module.state_dict().items() if k in keep}
     fresh.load_state_dict(adapters, strict=False)
@@ -185,7 +190,11 @@ def _whole_copy(cfg: DictConfig, module):
 
 @hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+    try:
+        metrics, _ = train(cfg)
+    except ConfigError as err:  # a user's mistake: one paragraph, no traceback
+        print(f"wadi.train: configuration error: {err}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get("train/loss_generator")
 
 

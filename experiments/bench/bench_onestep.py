@@ -4,7 +4,7 @@ The merged export is a plain diffusers U-Net (LoRaD merged into the weights), so
 full-size SD1.5 U-Net and SD VAE from their configs with random weights (speed does not depend on the
 values) and runs, with the same weights, the same noise and the same text embeddings:
   stock    StableDiffusionPipeline, DDIM trailing, num_inference_steps=1, guidance 1.0, output_type="pt"
-  wadi     wadi.sampling.one_step + Backbone.decode (what wadi.sample runs for an export), eager
+  wadi     wadi.samplers.one_step + Backbone.decode (what wadi.sample runs for an export), eager
   wadi+cl  the same with channels_last weights and activations
   wadi+cudnn  cudnn.benchmark (conv algorithm autotuning)
   wadi+compile  torch.compile(fullgraph) of U-Net and VAE decoder (shapes are static: one graph per batch)
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from wadi.backbones import Backbone, BackboneConfig, Conditioning, UNetDenoiser
-from wadi.sampling import one_step
+from wadi.samplers import one_step
 
 REPO = Path(__file__).resolve().parents[2]
 

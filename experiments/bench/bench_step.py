@@ -164,6 +164,11 @@ def backbone_config(name: str, arch: Arch) -> BackboneConfig:
     return BackboneConfig.from_mapping(raw)
 
 
+def recipe_defaults(arch: Arch) -> dict:
+    """The backbone's training-recipe defaults (rank, guidance_scale): conf/recipe_defaults/<backbone>.yaml."""
+    return load_yaml(REPO / "conf" / "recipe_defaults" / Path(arch.backbone_yaml).name)
+
+
 def wrapper(arch: Arch):
     return UNetDenoiser if arch.kind == "unet" else PixArtDenoiser
 
@@ -405,13 +410,14 @@ def build_wadi_module(
     arch = ARCHES[arch_name]
     cfg = backbone_config(arch_name, arch)
     backbone = Backbone(cfg, wrapper(arch)(build_model(arch, device)), alphas_cumprod(arch, device))
+    recipe = recipe_defaults(arch)
     return WaDiModule(
         backbone,
-        rank=rank or cfg.default_rank,
+        rank=rank or recipe["rank"],
         fake_rank=32,
-        vsd={"guidance_scale": cfg.guidance_scale},
+        vsd={"guidance_scale": recipe["guidance_scale"]},
         optimizer=partial(torch.optim.AdamW, weight_decay=0.0, fused=fused_adamw or None),
-        load_text_encoder=False,
+        text_encoder=False,
         **kw,
     )
 
@@ -503,7 +509,6 @@ def sdpa_backend(variant: Variant):
 
 def run_reference(arch_name: str, arch: Arch, variant: Variant, args, clock: StepClock) -> dict:
     device = torch.device(args.device)
-    cfg = backbone_config(arch_name, arch)
     adapter = get_adapter()  # the same layers as wadi's side: conf/adapter/lorad.yaml
     on_gpu = device.type == "cuda"
     # The scripts' dtypes: fp16 + GradScaler for SD, bf16 for PixArt; fp32 without autocast on CPU.
@@ -513,13 +518,13 @@ def run_reference(arch_name: str, arch: Arch, variant: Variant, args, clock: Ste
         build_model(arch, device),
         adapter.targets(arch.kind, "generator"),
         adapter.targets(arch.kind, "fake_score"),
-        rank=args.rank or cfg.default_rank,
+        rank=args.rank or recipe_defaults(arch)["rank"],
         fake_rank=32,
         alphas_cumprod=alphas_cumprod(arch, device),
         latent_shape=(4, arch.latent_size, arch.latent_size),
         dtype=dtype,
         gradient_checkpointing=variant.has("ckpt"),
-        guidance_scale=cfg.guidance_scale,
+        guidance_scale=recipe_defaults(arch)["guidance_scale"],
         autocast=on_gpu,
     )
     batch = make_batch(arch, args.batch, device)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from wadi.adapters.targets import AdapterTargets, select_targets
 from wadi.backbones import Conditioning, Denoiser
 from wadi.distill.losses import add_noise, cfg_combine, fake_score_loss, generator_loss, vsd_gradient
-from wadi.sampling import one_step
+from wadi.samplers import one_step
 
 
 class LoRaDHook:

@@ -21,7 +21,7 @@ def test_paper_recipe_sets_the_public_choices(backbone):
     assert (cfg.vsd.guidance_scale, cfg.vsd.fake_guidance_scale) == (1.5, None)
     assert cfg.vsd.caption_drop == "batch" and cfg.vsd.uncond_prob == 0.1
     assert (cfg.lr, cfg.fake_lr) == (1e-4, 1e-2)
-    assert cfg.module.vsd.guidance_scale == 1.5  # what the module receives
+    assert cfg.module.method.losses.vsd.config.guidance_scale == 1.5  # what the module receives
 
 
 def test_paper_recipe_adapts_adaln_single_on_pixart():

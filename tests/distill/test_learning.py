@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from wadi.callbacks.eval import EvalCallback
 from wadi.config import CONF_DIR
-from wadi.sampling import one_step, seeded_noise
+from wadi.samplers import one_step, seeded_noise
 from wadi.train import train
 
 STEPS, BATCH, N_EVAL = 60, 8, 200

@@ -171,8 +171,10 @@ def test_cfg_batched_equals_separate(tiny_pixart_cfg):
 
 
 def test_rank_below_one_is_an_error(tiny_sd_cfg):
-    with pytest.raises(ValueError, match="rank must be >= 1"):
+    with pytest.raises(ValueError, match=r"generator.rank=0: expected an integer >= 1"):
         make_module(tiny_sd_cfg, rank=0)
+    with pytest.raises(ValueError, match=r"fake_score.rank=0: expected an integer >= 1"):
+        make_module(tiny_sd_cfg, fake_score={"rank": 0})
 
 
 def test_generate_shapes_and_ema(tiny_sd_cfg):
@@ -193,3 +195,64 @@ def test_teacher_unaffected_by_adapters(tiny_sd_cfg):
     before = m.denoiser(x, t, cond, None)
     randomize(m.generator_parameters())
     assert torch.equal(m.denoiser(x, t, cond, None), before)
+
+
+def test_nested_role_configs_equal_the_shortcuts(tiny_sd_cfg):
+    nested = make_module(
+        tiny_sd_cfg,
+        rank=None,
+        fake_rank=None,
+        generator={"adapter": "lorad", "rank": 4, "lr": 3e-4, "grad_clip": 0.5},
+        fake_score={"rank": 2, "lr": 5e-2},
+    )
+    short = make_module(tiny_sd_cfg, lr=3e-4, fake_lr=5e-2)
+    assert nested.generator_config.rank == short.generator_config.rank == 4
+    assert (nested.generator_config.lr, nested.generator_config.grad_clip) == (3e-4, 0.5)
+    assert (nested.fake_score_config.rank, nested.fake_score_config.lr) == (2, 5e-2)
+    assert (nested.hparams.rank, nested.hparams.fake_rank) == (4, 2)  # what checkpoints and exports read
+    gen, fake = nested.configure_optimizers()
+    assert (gen.param_groups[0]["lr"], fake.param_groups[0]["lr"]) == (3e-4, 5e-2)
+    with pytest.raises(ValueError, match=r"generator: unknown key\(s\) \['rnak'\]"):
+        make_module(tiny_sd_cfg, rank=None, generator={"rnak": 4})
+
+
+def test_a_given_text_encoder_is_used_and_the_backbones_never_loads(tiny_sd_cfg, monkeypatch):
+    from wadi.backbones import loading
+
+    def refuse(*a, **k):
+        raise AssertionError("the backbone's text encoder must not load when one is given")
+
+    monkeypatch.setattr(loading, "load_text_encoder", refuse)
+    seen = []
+
+    class Given:
+        def encode(self, prompts):
+            seen.append(list(prompts))
+            return torch.zeros(len(prompts), 8, 32), None
+
+    m = make_module(tiny_sd_cfg, text_encoder=Given())
+    assert m.backbone.text_encoder is None and isinstance(m.text_encoder, Given)
+    cond = m.conditioning({"prompt": PROMPTS[:2]})
+    assert cond.embeds.shape[0] == 2 and seen == [PROMPTS[:2]]
+    none = make_module(tiny_sd_cfg, text_encoder=False)
+    with pytest.raises(RuntimeError, match="no text encoder"):
+        none.conditioning({"prompt": PROMPTS[:1]})
+
+
+def test_an_extra_loss_term_adds_to_the_generator_loss(tiny_sd_cfg):
+    from wadi.distill.method import Method
+    from wadi.distill.vsd import VSDLoss
+
+    class Shift:
+        weight = 0.5
+
+        def generator_loss(self, ctx, x0, cond, uncond, rng):
+            return {"loss": x0.float().square().mean()}
+
+    plain = make_module(tiny_sd_cfg)
+    extra = make_module(tiny_sd_cfg, method=Method(losses={"vsd": VSDLoss(), "shift": Shift()}))
+    a, *_ = run_step(plain, 3)
+    b, *_ = run_step(extra, 3)
+    assert torch.equal(a["loss"], b["loss_vsd"])  # the VSD term draws the same noise with a term after it
+    assert torch.allclose(b["loss"], b["loss_vsd"] + 0.5 * b["loss_shift"])
+    assert extra.method.fake_steps == 1 and [k for k, _ in extra.method.fake_score_terms] == ["vsd"]

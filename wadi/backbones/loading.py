@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,21 @@ KINDS: dict[str, tuple[type[Denoiser], str, str]] = {
 }
 
 
+# Training-recipe keys that lived in backbone files until the method seam (issue 15): now in
+# conf/recipe_defaults/<backbone>.yaml as top-level shortcuts. Named in the error so an old file is easy to fix.
+MOVED_TO_RECIPE = {
+    "guidance_scale": "guidance_scale",
+    "fake_guidance_scale": "fake_guidance_scale",
+    "default_rank": "rank",
+    "default_lr": "lr",
+    "default_max_steps": "max_steps",
+}
+
+
 @dataclass
 class BackboneConfig:
-    """Mirror of `conf/backbone/*.yaml`: where the weights are and how WaDi distills them.
+    """Mirror of `conf/backbone/*.yaml`: where the weights are. Validated once: unknown keys, wrong types and
+    impossible sizes raise a ConfigError naming the key (`backbone.<key>`).
 
     Which layers the adapters cover is the adapter's config, per backbone `kind` (conf/adapter/*.yaml).
     `generator_targets` / `fake_score_targets` are only read from configs written before that (the run
@@ -43,9 +55,6 @@ class BackboneConfig:
     latent_size: int
     text_max_length: int
     use_text_mask: bool = False
-    guidance_scale: float = 1.5
-    fake_guidance_scale: float | None = None  # the fake score's CFG in VSD; None: guidance_scale
-    default_rank: int = 256
     generator_targets: dict | None = None  # legacy override, see the class docstring
     fake_score_targets: dict | None = None
     arch_config: str | None = None  # a denoiser config.json, for meta builds without weights
@@ -53,8 +62,57 @@ class BackboneConfig:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> BackboneConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+        from wadi.config import ConfigError, check_keys
+
+        cfg = dict(cfg)
+        moved = sorted(set(cfg) & set(MOVED_TO_RECIPE))
+        if moved:
+            raise ConfigError(
+                f"backbone: key(s) {moved} moved out of backbone files to the training recipe "
+                f"(conf/recipe_defaults/<backbone>.yaml, top-level "
+                f"{[MOVED_TO_RECIPE[k] for k in moved]}): set them there or on the command line"
+            )
+        check_keys(cfg, cls.__dataclass_fields__, "backbone")
+        missing = sorted(
+            f.name
+            for f in cls.__dataclass_fields__.values()
+            if f.name not in cfg and f.default is MISSING and f.default_factory is MISSING
+        )
+        if missing:
+            raise ConfigError(f"backbone: missing key(s) {missing}")
+        return cls(**cfg)
+
+    def __post_init__(self) -> None:
+        from wadi.config import ConfigError
+
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"backbone.{key}={getattr(self, key)!r}: expected {expected}")
+
+        for key in ("name", "kind"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise bad(key, "a non-empty string")
+        if self.kind not in KINDS:
+            raise bad("kind", f"one of the known kinds {sorted(KINDS)}")
+        for key in ("resolution", "latent_size", "text_max_length"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(key, "an integer >= 1")
+        if not isinstance(self.use_text_mask, bool):
+            raise bad("use_text_mask", "true or false")
+        for key in ("pretrained", "arch_config"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, str | Path):
+                raise bad(key, "a path or null")
+        a = self.alpha_T
+        if a is not None and (isinstance(a, bool) or not isinstance(a, int | float) or not 0 < a < 1):
+            raise bad("alpha_T", "null (read the scheduler) or a number in (0, 1)")
+        for key in ("generator_targets", "fake_score_targets"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, Mapping):
+                raise bad(
+                    key,
+                    "null or a mapping {blocks: [...], skip: [...]} (legacy; targets live in conf/adapter/)",
+                )
 
     def targets(self, role: str, adapter: Adapter) -> AdapterTargets:
         """The layers `adapter` covers for `role` ("generator" or "fake_score") on this backbone."""

@@ -601,3 +601,22 @@ def _explain_missing(root: Path, path: Path, encoder_hash: str, prompts_hash: st
         f"no embedding cache at {path} (encoder hash {encoder_hash[:16]}, prompts hash {prompts_hash[:16]}); "
         "build it with python -m wadi.cache_prompts backbone=... dataset=... cache_dir=..."
     )
+
+
+class CachedTextEncoder:
+    """The embedding cache as the text encoder a module is given (`WaDiModule(text_encoder=...)`): `encode` looks
+    prompts up in the cache's extra prompts (the empty prompt, the dataset's sample prompts), so training from a
+    cache never loads the real encoder. Only the extras can be encoded; others raise a KeyError naming them."""
+
+    def __init__(self, cache: EmbeddingCache) -> None:
+        self.cache = cache
+        self.max_length = cache.max_length
+
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        return self.cache.lookup(prompts)
+
+    def identity(self) -> str:
+        return self.cache.encoder_hash
+
+    def __repr__(self) -> str:
+        return f"CachedTextEncoder({self.cache!r})"

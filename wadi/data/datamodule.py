@@ -71,6 +71,16 @@ class PromptDataModule(L.LightningDataModule):
             )
         return self._cache
 
+    def text_encoder(self):
+        """The embedding cache as a text encoder (`wadi.data.cache.CachedTextEncoder`) for the module, or None
+        without cache_dir (the module then loads the backbone's own)."""
+        cache = self.embedding_cache()
+        if cache is None:
+            return None
+        from wadi.data.cache import CachedTextEncoder
+
+        return CachedTextEncoder(cache)
+
     def train_dataloader(self) -> DataLoader:
         from wadi.data.prompts import PromptStream
 

@@ -1,6 +1,7 @@
 """The WaDi LightningModule: alternate a generator step and a fake-score step on every batch (spec 3).
 
-It orchestrates; the math lives in `wadi.distill.losses`, the rotation in `wadi.adapters.lorad`.
+It orchestrates; the method (`wadi.distill.method`: a student and loss terms) says what is computed, the math
+lives in `wadi.distill.losses`, the rotation in `wadi.adapters.lorad`.
 One frozen denoiser serves three roles, chosen per forward: the teacher (no adapter), the fake score
 (adapter "fake_score") and the generator (adapter "generator").
 """
@@ -12,7 +13,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -23,12 +24,16 @@ from torch import Tensor
 from wadi.adapters import get_adapter
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
-from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, check_finite, nonfinite_count
-from wadi.distill.losses import add_noise, fake_score_loss, generator_loss
+from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, check_finite
+from wadi.distill.method import Method, _build, build_method, combine
+from wadi.distill.roles import RoleConfig
 from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
-from wadi.samplers import one_step, seeded_noise
+from wadi.samplers import seeded_noise
 from wadi.speed import SpeedOptions
+
+if TYPE_CHECKING:
+    from wadi.data.cache import TextEncoderLike
 
 GENERATOR = "generator"
 FAKE_SCORE = "fake_score"
@@ -50,6 +55,14 @@ def _uncounted(optimizer) -> Iterator[None]:
         optimizer._on_before_step, optimizer._on_after_step = before, after
 
 
+def _role(
+    given: Mapping[str, Any] | RoleConfig | None, node: str, shortcuts: dict[str, Any], default: RoleConfig
+) -> RoleConfig:
+    """A role's config from its node, with the keyword shortcuts (rank=, lr=) applied on top."""
+    base = default.as_dict() if given is None else RoleConfig.from_mapping(given, node).as_dict()
+    return RoleConfig.from_mapping(base | {k: v for k, v in shortcuts.items() if v is not None}, node)
+
+
 def _step_seed(seed: int, rank: int, step: int) -> int:
     """A seed for one step of one rank: the step's noise depends on nothing else, so resume is exact."""
     digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
@@ -57,19 +70,16 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
 
 
 class WaDiModule(L.LightningModule):
-    """VSD distillation of a one-step generator with LoRaD adapters."""
+    """Distillation of a generator with adapters on one frozen backbone: the method (student + loss terms,
+    `wadi.distill.method`) says what is computed, this module runs it (two optimizer steps per batch)."""
 
     def __init__(
         self,
         backbone: Mapping[str, Any] | Backbone,
-        rank: int,
-        fake_rank: int = 32,
-        vsd: Mapping[str, Any] | VSDConfig | None = None,
-        lr: float = 1e-4,
-        fake_lr: float = 1e-2,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        grad_clip: float = 1.0,
-        fake_grad_clip: float = 1.0,
+        generator: Mapping[str, Any] | RoleConfig | None = None,
+        fake_score: Mapping[str, Any] | RoleConfig | None = None,
+        method: Mapping[str, Any] | Method | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | Mapping[str, Any] | None = None,
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         compile_passes: bool | str = False,
@@ -77,19 +87,45 @@ class WaDiModule(L.LightningModule):
         base_dtype: str = "auto",
         seed: int = 0,
         nonfinite: str = "stop",
-        load_text_encoder: bool = True,
+        text_encoder: TextEncoderLike | None | bool = None,
         run_config: Mapping[str, Any] | None = None,
         adapter: Mapping[str, Any] | str | None = None,
+        *,
+        rank: int | None = None,
+        fake_rank: int | None = None,
+        lr: float | None = None,
+        fake_lr: float | None = None,
+        vsd: Mapping[str, Any] | VSDConfig | None = None,
     ) -> None:
+        """`generator` / `fake_score`: each role's {adapter, rank, lr, grad_clip} (`RoleConfig`). `method`: the
+        student and loss terms (None: WaDi's one-step student and VSD). `text_encoder`: what encodes prompts
+        outside the batch (an `encode(prompts) -> (embeds, mask)` object, e.g. the embedding cache's); None loads
+        the backbone's own; False: none at all (batches must carry embeddings). `rank`, `fake_rank`, `lr`, `fake_lr` and `vsd` are shortcuts (scripts, tests) into
+        `generator`, `fake_score` and the default method's VSD config."""
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold adapters only; the frozen base comes from disk
         prebuilt = isinstance(backbone, Backbone)
-        self.vsd = VSDConfig.from_mapping(vsd)
-        self.save_hyperparameters(
-            ignore=["optimizer", "run_config", "vsd"] + (["backbone"] if prebuilt else [])
+        self.generator_config = _role(generator, GENERATOR, {"rank": rank, "lr": lr}, RoleConfig(lr=1e-4))
+        self.fake_score_config = _role(
+            fake_score, FAKE_SCORE, {"rank": fake_rank, "lr": fake_lr}, RoleConfig(rank=32, lr=1e-2)
         )
-        self.hparams["vsd"] = self.vsd.as_dict()
+        if vsd is not None and method is not None:
+            raise ValueError("give the VSD config inside `method` or as `vsd`, not both")
+        self.method: Method = build_method(method, vsd)
+        self.student = self.method.student
+        self.vsd = self.method.vsd  # the VSD term's config (None for a method without VSD)
+        self.save_hyperparameters(
+            ignore=["optimizer", "run_config", "vsd", "method", "text_encoder", "generator", "fake_score"]
+            + (["backbone"] if prebuilt else [])
+        )
+        self.hparams["generator"] = self.generator_config.as_dict()
+        self.hparams["fake_score"] = self.fake_score_config.as_dict()
+        self.hparams["rank"] = self.generator_config.rank  # what checkpoints and exports record
+        self.hparams["fake_rank"] = self.fake_score_config.rank
+        self.hparams["method"] = self.method.name
+        if self.vsd is not None:
+            self.hparams["vsd"] = self.vsd.as_dict()
         # Refuses bad compile / gradient_checkpointing values now; applied to the denoiser below and at setup.
         SpeedOptions(compile_passes, compile_backend, gradient_checkpointing=bool(gradient_checkpointing))
         if nonfinite not in NONFINITE_CHOICES:
@@ -98,29 +134,31 @@ class WaDiModule(L.LightningModule):
                 f"skip (skip that optimizer step and count it), got {nonfinite!r}"
             )
         self._skipped = 0  # optimizer steps skipped for a non-finite loss or gradient (nonfinite=skip)
-        for role, r in ((GENERATOR, rank), (FAKE_SCORE, fake_rank)):
-            if int(r) < 1:
-                raise ValueError(f"{'rank' if role == GENERATOR else 'fake_rank'} must be >= 1, got {r}")
-        # A prebuilt Backbone (benchmarks, notebooks) skips loading; a config dict loads from disk.
+        # A prebuilt Backbone (benchmarks, notebooks) skips loading; a config dict loads from disk. A given text
+        # encoder (the embedding cache's) means the backbone's own is never loaded.
         self.backbone: Backbone = (
-            backbone if prebuilt else load_backbone(backbone, load_text=load_text_encoder)
+            backbone if prebuilt else load_backbone(backbone, load_text=text_encoder is None)
         )
+        self._given_text_encoder = text_encoder or None
         cfg = self.backbone.cfg
         model = self.backbone.denoiser.model
         self.adapter = get_adapter(adapter)  # None: LoRaD with conf/adapter/lorad.yaml
+        for role_cfg, role in ((self.generator_config, GENERATOR), (self.fake_score_config, FAKE_SCORE)):
+            if role_cfg.adapter != self.adapter.name:
+                raise ValueError(
+                    f"{role}.adapter={role_cfg.adapter!r} but the run's adapter is {self.adapter.name!r}: one "
+                    "adapter kind per run for now (set adapter=<kind>)"
+                )
         gen, fake = cfg.targets(GENERATOR, self.adapter), cfg.targets(FAKE_SCORE, self.adapter)
-        self.generator_layers = self.adapter.attach(model, GENERATOR, int(rank), gen)
-        self.fake_score_layers = self.adapter.attach(model, FAKE_SCORE, int(fake_rank), fake)
+        self.generator_layers = self.adapter.attach(model, GENERATOR, self.generator_config.rank, gen)
+        self.fake_score_layers = self.adapter.attach(model, FAKE_SCORE, self.fake_score_config.rank, fake)
         if gradient_checkpointing:
             self.denoiser.update_speed(gradient_checkpointing=True)
         self.ema = EMA(self.adapter.parameters(model, GENERATOR), ema_decay) if ema_decay else None
-        self._gradient = self.vsd.gradient_fn()
+        optimizer = _build(optimizer)
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, weight_decay=0.0)
         self.run_config = dict(run_config) if run_config is not None else None
         self._null: Conditioning | None = None
-        # Without a text encoder (training from an embedding cache), prompts outside the batch (sample grids,
-        # evaluation) are looked up here: set by wadi.train to the cache's `lookup`.
-        self.prompt_lookup: Callable[[list[str]], tuple[Tensor, Tensor | None]] | None = None
 
     # ----------------------------------------------------------------- roles and conditioning
     @property
@@ -137,12 +175,18 @@ class WaDiModule(L.LightningModule):
     def fake_score_parameters(self) -> list[torch.nn.Parameter]:
         return self.adapter.parameters(self.denoiser.model, FAKE_SCORE)
 
+    @property
+    def text_encoder(self) -> TextEncoderLike | None:
+        """The backbone's text encoder, or the one given at construction (the embedding cache's)."""
+        given = self._given_text_encoder
+        return given if given is not None else self.backbone.text_encoder
+
     def _embed_dtype(self) -> torch.dtype:
         return next(self.denoiser.model.parameters()).dtype
 
     def conditioning(self, batch: Mapping[str, Any]) -> Conditioning:
-        """Prompt conditioning from cached embeddings if the batch has them, else the text encoder, else the
-        cache's lookup by prompt (sample grids and evaluation when training from a cache)."""
+        """Prompt conditioning from cached embeddings if the batch has them, else the text encoder (the backbone's,
+        or the embedding cache's lookup by prompt: sample grids and evaluation when training from a cache)."""
         if "prompt_embeds" in batch:
             return Conditioning(batch["prompt_embeds"].to(self._embed_dtype()), batch.get("prompt_mask"))
         embeds, mask = self._encode_prompts(list(batch["prompt"]))
@@ -152,14 +196,12 @@ class WaDiModule(L.LightningModule):
         )
 
     def _encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
-        """(embeds, mask) from the text encoder, else from the embedding cache's lookup (training from a cache)."""
-        if self.backbone.text_encoder is not None:
-            return self.backbone.text_encoder.encode(prompts)
-        if self.prompt_lookup is not None:
-            return self.prompt_lookup(prompts)
-        raise RuntimeError(
-            "no text encoder and no embedding cache to look prompts up in: load the text encoder or set cache_dir"
-        )
+        """(embeds, mask) from the text encoder: the backbone's, or the one given (the embedding cache's)."""
+        if self.text_encoder is None:
+            raise RuntimeError(
+                "no text encoder: the backbone's was not loaded and none was given (train with cache_dir set)"
+            )
+        return self.text_encoder.encode(prompts)
 
     def null_conditioning(self, batch: Mapping[str, Any] | None = None) -> Conditioning:
         """The empty prompt c0 (one row), encoded once."""
@@ -178,43 +220,42 @@ class WaDiModule(L.LightningModule):
     def _randn(self, shape: tuple[int, ...], rng: torch.Generator) -> Tensor:
         return torch.randn(shape, generator=rng, device=self.device)
 
+    # StepContext (wadi.distill.method): what loss terms use
+    fake_score_adapter = FAKE_SCORE
+
+    def randn(self, shape: tuple[int, ...], rng: torch.Generator) -> Tensor:
+        return self._randn(shape, rng)
+
+    def embed_dtype(self) -> torch.dtype:
+        return self._embed_dtype()
+
     def generator_step(
         self, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
     ) -> dict[str, Tensor]:
-        """Spec 3, generator: x0 = G(z, c); g from the real and fake scores (vsd.gradient); loss with gradient g/numel."""
-        vsd = self.vsd
-        batch = len(cond)
-        z = self._randn((batch, *self.backbone.latent_shape), rng)
-        x0 = one_step(self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T)
-        t = torch.randint(vsd.t_min, vsd.t_max + 1, (batch,), generator=rng, device=self.device)
-        eps = self._randn(tuple(x0.shape), rng)
-        x_t = add_noise(x0.detach(), eps, self.alphas_cumprod, t).to(self._embed_dtype())
-        with torch.no_grad():
-            eps_real = self.denoiser.cfg(x_t, t, cond, uncond, vsd.guidance_scale, None)
-            eps_fake = self.denoiser.cfg(x_t, t, cond, uncond, vsd.fake_scale, FAKE_SCORE)
-        g = self._gradient(x0, x_t, eps_real, eps_fake, self.alphas_cumprod, t)
-        loss = generator_loss(x0, g)
-        return {
-            "loss": loss,
-            "x0": x0,
-            "g_norm": g.norm() / g.numel() ** 0.5,
-            "g_nonfinite": nonfinite_count(g),
+        """Spec 3, generator: x0 = G(z, c) (the student), then each loss term's generator loss, summed."""
+        z = self._randn((len(cond), *self.student.noise_shape(self.backbone.latent_shape)), rng)
+        x0 = self.student.generate(
+            self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T
+        )
+        outputs = {
+            name: term.generator_loss(self, x0, cond, uncond, rng)
+            for name, term in self.method.generator_terms
         }
+        loss = combine([(self.method.losses[name].weight, out) for name, out in outputs.items()])
+        extras = {k: v for out in outputs.values() for k, v in out.items() if k != "loss"}
+        if len(outputs) > 1:
+            extras |= {f"loss_{name}": out["loss"] for name, out in outputs.items()}
+        return {"loss": loss, "x0": x0, **extras}
 
     def fake_score_step(
         self, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
     ) -> dict[str, Tensor]:
-        """Spec 3, fake score: denoising loss on the detached generator sample, a share of null prompts."""
-        vsd = self.vsd
-        batch = x0.shape[0]
-        t_max = self.backbone.num_train_timesteps - 1 if vsd.fake_t_max is None else vsd.fake_t_max
-        t = torch.randint(vsd.fake_t_min, t_max + 1, (batch,), generator=rng, device=self.device)
-        eps = self._randn(tuple(x0.shape), rng)
-        x_t = add_noise(x0.detach(), eps, self.alphas_cumprod, t).to(self._embed_dtype())
-        draws = batch if vsd.caption_drop == "sample" else 1
-        drop = (torch.rand(draws, generator=rng, device=self.device) < vsd.uncond_prob).expand(batch)
-        eps_hat = self.denoiser(x_t, t, cond.where(drop, uncond.expand(batch)), FAKE_SCORE)
-        return {"loss": fake_score_loss(eps_hat, eps, self.alphas_cumprod, t)}
+        """Spec 3, fake score: each loss term's fake-score loss on the detached generator sample, summed."""
+        outputs = [
+            (term.weight, term.fake_score_loss(self, x0, cond, uncond, rng))
+            for _, term in self.method.fake_score_terms
+        ]
+        return {"loss": combine(outputs)}
 
     def _optimize(self, optimizer, loss: Tensor, params: list, clip: float, role: str) -> tuple[Tensor, bool]:
         """Backward, clip and step; (gradient norm, stepped). A non-finite loss or gradient never reaches the
@@ -252,31 +293,42 @@ class WaDiModule(L.LightningModule):
         uncond = self.null_conditioning(batch)
         gen = self.generator_step(cond, uncond, rng)
         norm_g, stepped = self._optimize(
-            opt_g, gen["loss"], self.generator_parameters(), self.hparams.grad_clip, GENERATOR
+            opt_g, gen["loss"], self.generator_parameters(), self.generator_config.grad_clip, GENERATOR
         )
         if self.ema is not None and stepped:
             self.ema.update()
-        for _ in range(self.vsd.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
+        fake = norm_f = None  # a method without a fake score (fake_steps 0) logs no fake-score metrics
+        for _ in range(self.method.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
             fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
             with _uncounted(opt_f):
                 norm_f, _ = self._optimize(
-                    opt_f, fake["loss"], self.fake_score_parameters(), self.hparams.fake_grad_clip, FAKE_SCORE
+                    opt_f,
+                    fake["loss"],
+                    self.fake_score_parameters(),
+                    self.fake_score_config.grad_clip,
+                    FAKE_SCORE,
                 )
         batch_size = len(cond)
         log = partial(self.log, on_step=True, batch_size=batch_size)
         log("train/loss_generator", gen["loss"].detach(), prog_bar=True)
-        log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
+        if fake is not None:
+            log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
         log("train/grad_norm_generator", norm_g)
-        log("train/grad_norm_fake_score", norm_f)
-        log("train/vsd_g_rms", gen["g_norm"].detach())
-        log("train/vsd_g_nonfinite", gen["g_nonfinite"].float())
+        if norm_f is not None:
+            log("train/grad_norm_fake_score", norm_f)
+        if "g_norm" in gen:
+            log("train/vsd_g_rms", gen["g_norm"].detach())
+            log("train/vsd_g_nonfinite", gen["g_nonfinite"].float())
+        for key, value in gen.items():
+            if key.startswith("loss_"):
+                log(f"train/{key}", value.detach())
         log("train/nonfinite_skipped", float(self._skipped))
         if "pass" in batch:
             log("train/prompt_epoch", float(batch["pass"]))
 
     def configure_optimizers(self):
-        gen = self.optimizer_factory(self.generator_parameters(), lr=self.hparams.lr)
-        fake = self.optimizer_factory(self.fake_score_parameters(), lr=self.hparams.fake_lr)
+        gen = self.optimizer_factory(self.generator_parameters(), lr=self.generator_config.lr)
+        fake = self.optimizer_factory(self.fake_score_parameters(), lr=self.fake_score_config.lr)
         return [gen, fake]
 
     # ----------------------------------------------------------------- precision of the frozen base
@@ -318,10 +370,13 @@ class WaDiModule(L.LightningModule):
     @torch.no_grad()
     def generate_latents(self, prompts: list[str], seeds: list[int], use_ema: bool = True) -> Tensor:
         cond = self.conditioning({"prompt": prompts})
-        z = seeded_noise(seeds, self.backbone.latent_shape, self.device, self._embed_dtype())
+        shape = self.student.noise_shape(self.backbone.latent_shape)
+        z = seeded_noise(seeds, shape, self.device, self._embed_dtype())
         ema = self.ema.swapped() if (use_ema and self.ema is not None) else nullcontext()
         with ema:
-            return one_step(self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T)
+            return self.student.generate(
+                self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T
+            )
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], use_ema: bool = True) -> Tensor:

@@ -9,9 +9,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wadi.distill.losses import dmd_gradient, vsd_gradient
+import torch
+from torch import Tensor
+
+from wadi.backbones.conditioning import Conditioning
+from wadi.config import ConfigError, check_keys
+from wadi.distill.guards import nonfinite_count
+from wadi.distill.losses import add_noise, dmd_gradient, fake_score_loss, generator_loss, vsd_gradient
+
+if TYPE_CHECKING:
+    from wadi.distill.method import StepContext
 
 GRADIENTS = {
     "vsd": "spec 3.4: g = sigma_t^2 (eps_real - eps_fake)",
@@ -41,15 +50,12 @@ class VSDConfig:
             return cls()
         if isinstance(cfg, VSDConfig):
             return cfg
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"vsd: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        check_keys(cfg, {f.name for f in fields(cls)}, "vsd")
         return cls(**dict(cfg))
 
     def __post_init__(self) -> None:
-        def bad(key: str, expected: str) -> ValueError:
-            return ValueError(f"vsd.{key}={getattr(self, key)!r}: expected {expected}")
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"vsd.{key}={getattr(self, key)!r}: expected {expected}")
 
         for key in ("guidance_scale", "fake_guidance_scale"):
             v = getattr(self, key)
@@ -88,3 +94,57 @@ class VSDConfig:
         if self.gradient == "dmd":
             return dmd_gradient
         return lambda x0, x_t, er, ef, ac, t: vsd_gradient(er, ef, ac, t)
+
+
+class VSDLoss:
+    """The VSD loss term of a method: the generator's loss from the real and fake scores (spec 3.4-3.5) and the
+    fake score's denoising loss on the generator's samples (spec 3). `config` is the `vsd:` node."""
+
+    def __init__(self, config: Mapping[str, Any] | VSDConfig | None = None, weight: float = 1.0) -> None:
+        self.config = VSDConfig.from_mapping(config)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise ConfigError(f"method.losses.vsd.weight={weight!r}: expected a finite number")
+        self.weight = weight
+        self._gradient = self.config.gradient_fn()
+
+    @property
+    def fake_steps(self) -> int:
+        return self.config.fake_steps
+
+    def generator_loss(
+        self, ctx: StepContext, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Spec 3, generator: g from the real and fake scores (vsd.gradient); loss with gradient g/numel."""
+        vsd = self.config
+        ac = ctx.alphas_cumprod
+        t = torch.randint(vsd.t_min, vsd.t_max + 1, (x0.shape[0],), generator=rng, device=ctx.device)
+        eps = ctx.randn(tuple(x0.shape), rng)
+        x_t = add_noise(x0.detach(), eps, ac, t).to(ctx.embed_dtype())
+        with torch.no_grad():
+            eps_real = ctx.denoiser.cfg(x_t, t, cond, uncond, vsd.guidance_scale, None)
+            eps_fake = ctx.denoiser.cfg(x_t, t, cond, uncond, vsd.fake_scale, ctx.fake_score_adapter)
+        g = self._gradient(x0, x_t, eps_real, eps_fake, ac, t)
+        return {
+            "loss": generator_loss(x0, g),
+            "g_norm": g.norm() / g.numel() ** 0.5,
+            "g_nonfinite": nonfinite_count(g),
+        }
+
+    def fake_score_loss(
+        self, ctx: StepContext, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Spec 3, fake score: denoising loss on the detached generator sample, a share of null prompts."""
+        vsd = self.config
+        batch = x0.shape[0]
+        ac = ctx.alphas_cumprod
+        t_max = ac.shape[0] - 1 if vsd.fake_t_max is None else vsd.fake_t_max
+        t = torch.randint(vsd.fake_t_min, t_max + 1, (batch,), generator=rng, device=ctx.device)
+        eps = ctx.randn(tuple(x0.shape), rng)
+        x_t = add_noise(x0.detach(), eps, ac, t).to(ctx.embed_dtype())
+        draws = batch if vsd.caption_drop == "sample" else 1
+        drop = (torch.rand(draws, generator=rng, device=ctx.device) < vsd.uncond_prob).expand(batch)
+        eps_hat = ctx.denoiser(x_t, t, cond.where(drop, uncond.expand(batch)), ctx.fake_score_adapter)
+        return {"loss": fake_score_loss(eps_hat, eps, ac, t)}
+
+    def __repr__(self) -> str:
+        return f"VSDLoss({self.config})"
