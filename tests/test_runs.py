@@ -62,7 +62,7 @@ def _step(path: Path) -> int:
 def test_max_steps_below_one_is_refused_before_anything_loads(tmp_path, steps):
     run = tmp_path / "run"
     cfg = _cfg(run, tmp_path / "no-backbone-here", f"max_steps={steps}")
-    with pytest.raises(ValueError, match=rf"max_steps={steps}: a run needs max_steps >= 1"):
+    with pytest.raises(ValueError, match=rf"max_steps={steps}: .*>= 1"):
         train(cfg)
     assert not run.exists()
 

@@ -70,7 +70,7 @@ def cache_prompts(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     cache_prompts(cfg)
 

@@ -31,7 +31,7 @@ from wadi.evaluation import (  # noqa: F401
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     evaluate(cfg)

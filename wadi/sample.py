@@ -26,7 +26,7 @@ from wadi.generation import (  # noqa: F401
 )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+@hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
     from wadi.images import save_grid, save_images
 

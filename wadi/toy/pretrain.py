@@ -18,7 +18,7 @@ from wadi.toy.training import pretrain
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf/toy_pretrain", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR / "toy_pretrain"), config_name="config")
 def main(cfg: DictConfig) -> None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     pretrain(cfg)
