@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from wadi.config import CONF_DIR
-from wadi.testing import tiny_backbone_config
+from wadi.testing import compose_config, tiny_backbone_config
 from wadi.train import train
 
 
@@ -26,27 +24,25 @@ def _cfg(run_dir: Path, backbone_dir: Path | None, *overrides: str, callbacks: s
         if callbacks == "default"
         else []
     )
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "dataset=toy",
-                "dataset.num_prompts=64",
-                "logger=csv",
-                "trainer=cpu",
-                "batch_size=2",
-                "max_steps=2",
-                "export=false",
-                f"run_dir={run_dir}",
-                f"callbacks={callbacks}",
-                *per_callback,
-                "trainer.log_every_n_steps=1",
-                "rank=4",
-                "fake_rank=2",
-                "~eval",
-                *overrides,
-            ],
-        )
+    cfg = compose_config(
+        [
+            "dataset=toy",
+            "dataset.num_prompts=64",
+            "logger=csv",
+            "trainer=cpu",
+            "batch_size=2",
+            "max_steps=2",
+            "export=false",
+            f"run_dir={run_dir}",
+            f"callbacks={callbacks}",
+            *per_callback,
+            "trainer.log_every_n_steps=1",
+            "rank=4",
+            "fake_rank=2",
+            "~eval",
+            *overrides,
+        ]
+    )
     if backbone_dir is not None:
         with open_dict(cfg):
             cfg.backbone = OmegaConf.create(tiny_backbone_config(backbone_dir, "unet", name="tiny_unet"))

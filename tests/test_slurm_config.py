@@ -4,24 +4,20 @@ Nothing is submitted here (no SLURM on CI); the test pins what a cluster user ge
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
-
-from wadi.config import CONF_DIR
+from wadi.testing import compose_config
 
 
 def test_wadi_slurm_launcher_composes_with_the_ddp_experiment():
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "hydra/launcher=wadi_slurm",
-                "experiment=wadi_sd15",
-                "hydra.launcher.partition=gpu",
-                "hydra.launcher.nodes=2",
-                "trainer.num_nodes=2",
-            ],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        [
+            "hydra/launcher=wadi_slurm",
+            "experiment=wadi_sd15",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.nodes=2",
+            "trainer.num_nodes=2",
+        ],
+        return_hydra_config=True,
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 8, 8)

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from wadi.config import CONF_DIR
-from wadi.testing import tiny_backbone_config
+from wadi.testing import compose_config, tiny_backbone_config
 from wadi.train import train
 
 PROMPTS = [
@@ -26,27 +26,25 @@ PROMPTS = [
 
 
 def compose_cfg(tmp_path: Path, backbone_dir: Path, kind: str = "unet", overrides: tuple[str, ...] = ()):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "dataset=toy",
-                "dataset.num_prompts=64",
-                "logger=csv",
-                "trainer=cpu",
-                "batch_size=2",
-                "max_steps=4",
-                f"run_dir={tmp_path / 'run'}",
-                "callbacks.checkpoint.every_n_train_steps=2",
-                "callbacks.sample_grid.every_n_steps=2",
-                "~callbacks.progress",
-                "trainer.log_every_n_steps=1",
-                "rank=4",
-                "fake_rank=2",
-                "~eval",  # the toy metrics judge 64 px toy images, not these tiny random ones
-                *overrides,
-            ],
-        )
+    cfg = compose_config(
+        [
+            "dataset=toy",
+            "dataset.num_prompts=64",
+            "logger=csv",
+            "trainer=cpu",
+            "batch_size=2",
+            "max_steps=4",
+            f"run_dir={tmp_path / 'run'}",
+            "callbacks.checkpoint.every_n_train_steps=2",
+            "callbacks.sample_grid.every_n_steps=2",
+            "~callbacks.progress",
+            "trainer.log_every_n_steps=1",
+            "rank=4",
+            "fake_rank=2",
+            "~eval",  # the toy metrics judge 64 px toy images, not these tiny random ones
+            *overrides,
+        ]
+    )
     with open_dict(cfg):
         cfg.backbone = OmegaConf.create(tiny_backbone_config(backbone_dir, kind, name=f"tiny_{kind}"))
         cfg.dataset.sample_prompts = PROMPTS[:2]

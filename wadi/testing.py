@@ -247,3 +247,14 @@ def two_process_train(model_dir, tmp_path, trainer: str, *overrides: str, timeou
         *overrides,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=CONF_DIR.parent)
+
+
+def compose_config(overrides: list[str], name: str = "config", **kwargs):
+    """wadi's Hydra config `name` composed with `overrides`, as the commands see it (tests, notebooks); `kwargs` go
+    to Hydra's `compose` (e.g. return_hydra_config=True)."""
+    from hydra import compose, initialize_config_dir
+
+    from wadi.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides), **kwargs)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from wadi.analysis.transfer import add_lora, train_lora, unload_lora
-from wadi.config import CONF_DIR
 from wadi.generation import load_generator
+from wadi.testing import compose_config
 from wadi.toy.assets import toy_asset_path
 from wadi.toy.classifier import load_classifier
 from wadi.toy.world import COLORS, POSITIONS, parse_caption, render
@@ -34,19 +33,17 @@ def student_dir(tmp_path_factory):
     from wadi.train import train
 
     run_dir = tmp_path_factory.mktemp("toy_student") / "run"
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "logger=csv",
-                "trainer=cpu",
-                "batch_size=8",
-                "max_steps=30",
-                f"run_dir={run_dir}",
-                "callbacks=none",
-                "~eval",
-            ],
-        )
+    cfg = compose_config(
+        [
+            "logger=csv",
+            "trainer=cpu",
+            "batch_size=8",
+            "max_steps=30",
+            f"run_dir={run_dir}",
+            "callbacks=none",
+            "~eval",
+        ]
+    )
     with open_dict(cfg):
         cfg.dataset.num_prompts = 2000
     train(cfg)

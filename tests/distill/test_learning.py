@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from wadi.callbacks.eval import EvalCallback
-from wadi.config import CONF_DIR
 from wadi.samplers import one_step, seeded_noise
+from wadi.testing import compose_config
 from wadi.train import train
 
 STEPS, BATCH, N_EVAL = 60, 8, 200
@@ -42,24 +41,22 @@ def teacher_one_step(module):
 def test_short_cpu_run_beats_the_teachers_one_step(tmp_path):
     from wadi.evaluate import evaluate_prompts
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "backbone=toy",
-                "trainer=cpu",
-                "logger=csv",
-                "callbacks=none",
-                "export=false",
-                f"max_steps={STEPS}",
-                f"batch_size={BATCH}",
-                f"eval.n_samples={N_EVAL}",
-                "eval.n_real=200",
-                f"eval_callback.n_samples={N_EVAL}",
-                "eval_callback.batch_size=100",
-                f"run_dir={tmp_path / 'run'}",
-            ],
-        )
+    cfg = compose_config(
+        [
+            "backbone=toy",
+            "trainer=cpu",
+            "logger=csv",
+            "callbacks=none",
+            "export=false",
+            f"max_steps={STEPS}",
+            f"batch_size={BATCH}",
+            f"eval.n_samples={N_EVAL}",
+            "eval.n_real=200",
+            f"eval_callback.n_samples={N_EVAL}",
+            "eval_callback.batch_size=100",
+            f"run_dir={tmp_path / 'run'}",
+        ]
+    )
     metrics, objects = train(cfg)
     callback = next(c for c in objects["trainer"].callbacks if isinstance(c, EvalCallback))
     student = callback.history[STEPS]
