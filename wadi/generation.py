@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -126,7 +127,7 @@ class Generator:
 def _backbone_cfg_for_dir(path: Path, info: dict | None) -> BackboneConfig:
     """Backbone settings for a plain diffusers directory (export info if present, else read from the dir)."""
     if info is not None:
-        return BackboneConfig.from_mapping({**info["backbone"], "pretrained": str(path)})
+        return BackboneConfig.from_stored({**info["backbone"], "pretrained": str(path)})
     kind = "pixart" if (path / "transformer").is_dir() else "unet"
     from transformers import AutoTokenizer
 
@@ -232,6 +233,10 @@ def load_module_from_checkpoint(path: str | Path):
         raise ValueError(f"{path} is not a wadi checkpoint (no 'wadi' entry with the run's config)")
     check_finite(checkpoint["state_dict"], f"loading checkpoint {path}")  # before the model loads
     cfg = OmegaConf.create(meta["config"])
+    stored = OmegaConf.to_container(
+        cfg.module.backbone, resolve=True
+    )  # an earlier wadi kept recipe keys here
+    cfg.module.backbone = OmegaConf.create(asdict(BackboneConfig.from_stored(stored)))
     module = instantiate(cfg.module, _convert_="all")
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)

@@ -46,3 +46,27 @@ def test_legacy_backbone_targets_still_override():
     adapter = get_adapter()
     assert cfg.targets("generator", adapter).blocks == ["transformer_blocks", "adaln_single"]
     assert cfg.targets("fake_score", adapter) == adapter.targets("pixart", "fake_score")
+
+
+def test_stored_backbone_configs_of_an_earlier_wadi_still_load():
+    """Exports and checkpoints written before the recipe keys left the backbone files load (the keys are dropped);
+    a backbone file that still has them is refused, naming where they went."""
+    import pytest
+
+    from wadi.backbones.loading import BackboneConfig
+    from wadi.config import ConfigError
+    from wadi.testing import tiny_backbone_config
+
+    old = {
+        **tiny_backbone_config("/nowhere", "unet"),
+        "guidance_scale": 4.5,
+        "default_rank": 64,
+        "default_lr": 1e-3,
+    }
+    assert BackboneConfig.from_stored(old) == BackboneConfig.from_mapping(
+        tiny_backbone_config("/nowhere", "unet")
+    )
+    with pytest.raises(ConfigError, match="recipe_defaults"):
+        BackboneConfig.from_mapping(old)
+    with pytest.raises(ConfigError, match="unknown key"):
+        BackboneConfig.from_stored({**old, "latnet_size": 8})

@@ -114,6 +114,12 @@ class BackboneConfig:
                     "null or a mapping {blocks: [...], skip: [...]} (legacy; targets live in conf/adapter/)",
                 )
 
+    @classmethod
+    def from_stored(cls, cfg: Mapping[str, Any]) -> BackboneConfig:
+        """A backbone config stored by an earlier wadi (an export's wadi_export.json, a checkpoint's run config):
+        the recipe keys it may still carry (MOVED_TO_RECIPE) are dropped, not refused; everything else is checked."""
+        return cls.from_mapping({k: v for k, v in dict(cfg).items() if k not in MOVED_TO_RECIPE})
+
     def targets(self, role: str, adapter: Adapter) -> AdapterTargets:
         """The layers `adapter` covers for `role` ("generator" or "fake_score") on this backbone."""
         legacy = self.generator_targets if role == "generator" else self.fake_score_targets
