@@ -98,6 +98,7 @@ def _worker(rank: int, world: int, port: int, env: dict, out: str) -> None:
             json.dumps({"metrics": metrics, "order": order, "ref_mu": ev.reference.mu.tolist()})
         )
     finally:
+        dist.barrier()  # neither rank tears gloo down while the other is still in a collective (an abort at exit)
         dist.destroy_process_group()
 
 
