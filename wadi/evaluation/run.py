@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from wadi.metrics.fid import save_npz_atomic
 from wadi.metrics.protocol import EvalPrompt, all_gather_ordered, dist_info, split_for_rank
 
 Generate = Callable[[list[str], list[int]], torch.Tensor]  # (prompts, seeds) -> (N, 3, H, W) in [0, 1]
@@ -125,14 +125,7 @@ def _shard_arrays(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def _save_shard(path: Path, **arrays) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_npz_atomic(path, compressed=True, **arrays)
 
 
 def _init_distributed() -> tuple[int, int]:

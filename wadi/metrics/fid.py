@@ -103,10 +103,11 @@ def reference_key(
     return h.hexdigest()
 
 
-def _save_npz_atomic(path: Path, **arrays) -> None:
+def save_npz_atomic(path: Path, compressed: bool = False, **arrays) -> None:
+    """Write an .npz through a temporary file and a rename: a crash never leaves a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(buf.getvalue())
@@ -149,6 +150,6 @@ def reference_statistics(
     features = all_gather_ordered(local, len(reference.files)).numpy().astype(np.float32)
     mu, sigma = feature_statistics(features)
     if cache is not None and rank == 0:
-        _save_npz_atomic(cache, mu=mu, sigma=sigma, features=features, key=np.array(key))
+        save_npz_atomic(cache, mu=mu, sigma=sigma, features=features, key=np.array(key))
         log.info("reference statistics cached in %s", cache)
     return ReferenceStats(mu, sigma, features, key, reference.skipped)
