@@ -95,6 +95,19 @@ ARCHES = {
     "pixart512": Arch(
         "pixart", "conf/arch/pixart_512_transformer.json", "conf/backbone/pixart.yaml", 64, 120, 4096, True
     ),
+    # the shipped toy teachers' architectures (random weights): the toy lab's step (issue 16, item 7)
+    "toy": Arch(
+        "unet", "wadi/assets/toy/toy-sd/unet/config.json", "conf/backbone/toy.yaml", 16, 32, 128, False
+    ),
+    "toy_pixart": Arch(
+        "pixart",
+        "wadi/assets/toy/toy-pixart/transformer/config.json",
+        "conf/backbone/toy_pixart.yaml",
+        16,
+        32,
+        128,
+        True,
+    ),
     "tiny_sd": Arch("unet", None, "conf/backbone/sd15.yaml", 8, 16, 32, False),
     "tiny_pixart": Arch("pixart", None, "conf/backbone/pixart.yaml", 8, 16, 32, True),
 }
@@ -159,8 +172,9 @@ def alphas_cumprod(arch: Arch, device: torch.device) -> torch.Tensor:
 
 def backbone_config(name: str, arch: Arch) -> BackboneConfig:
     raw = load_yaml(REPO / arch.backbone_yaml)
+    if raw.get("latent_size") != arch.latent_size:  # a full-size arch at another resolution (VAE factor 8)
+        raw["resolution"] = arch.latent_size * 8
     raw.update(name=name, pretrained=None, arch_config=None, latent_size=arch.latent_size)
-    raw["resolution"] = arch.latent_size * 8
     return BackboneConfig.from_mapping(raw)
 
 
