@@ -149,6 +149,10 @@ class LoRaD(Adapter):
 
     name = "lorad"
 
+    def layer_count(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        """A (out x r) + B (r x in/2)."""
+        return rank * (out_features + in_features // 2)
+
     def attach(self, model: nn.Module, role: str, rank: int, targets: AdapterTargets) -> list[str]:
         """Attach adapter `role` (rank `rank`) to every selected layer; returns the layer names.
 
