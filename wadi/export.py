@@ -106,7 +106,6 @@ def load_adapters(module, path: str | Path, roles: tuple[str, ...] = ("generator
         meta = f.metadata() or {}
     tensors = load_file(str(path))
     adapters = role_adapters(module)
-    model = module.denoiser.model
     for role in roles:
         kind = meta.get(f"{role}_adapter", "lorad")
         if kind != adapters[role].name:
@@ -114,6 +113,8 @@ def load_adapters(module, path: str | Path, roles: tuple[str, ...] = ("generator
                 f"{path}: its {role} adapter is {kind!r} but this module's is {adapters[role].name!r} "
                 f"(set {role}.adapter={kind})"
             )
+    model = module.denoiser.model
+    for role in roles:
         live = adapters[role].state_dict(model, role)
         stored = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{role}/")}
         if set(stored) != set(live):
