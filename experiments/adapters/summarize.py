@@ -8,7 +8,8 @@ Run names follow the plan files (experiments/adapters/plans/): <backbone>_<kind>
 seed form one cell. Writes <out>/table.md (mean +- sample standard deviation over seeds, and the seed count:
 at each run's last evaluation, and at the last evaluation step every run of that backbone reached, so cells
 that ran at different speeds are also compared at equal steps) and <out>/curves.png (prompt accuracy and toy
-FID against steps; the line is the seed mean, the band the min-max over seeds).
+FID against steps; the line is the seed mean, the band the min-max over seeds). With --weights <dir>...
+(experiments/adapters/weights_gpu.sh's $OUT/weights), also <out>/weights.md: the weight analysis per student.
 """
 
 from __future__ import annotations
@@ -150,10 +151,42 @@ def curves(runs: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def weights_table(root: Path) -> str:
+    """The weight analysis of experiments/adapters/weights_gpu.sh: one row per student under `root`/<run>/."""
+    lines = [
+        "| student | direction/norm ratio | mean angle (rad) | mean relative norm change | SVD energy @ 30% rank "
+        "| toy FID / accuracy: student | teacher norms | teacher directions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def score(path: Path) -> str:
+        if not path.is_file():
+            return "missing"
+        m = json.loads(path.read_text())
+        return f"{m['toy_fid']:.1f} / {m['prompt_accuracy']:.3f}"
+
+    for run in sorted(p for p in root.iterdir() if p.is_dir()):
+        summary = run / "summary.json"
+        if not summary.is_file():
+            lines.append(f"| {run.name} | missing | | | | | | |")
+            continue
+        overall = json.loads(summary.read_text())["summary"]["overall"]
+        ratio = overall["direction_norm_ratio"]
+        energy = overall.get("energy", {}).get("0.3")
+        lines.append(
+            f"| {run.name} | {'undefined' if ratio is None else f'{ratio:.1f}x'} | {overall['angle']['mean']:.3g} "
+            f"| {overall['norm_change']['mean']:.3g} | {'-' if energy is None else f'{energy:.1%}'} "
+            f"| {score(run / 'eval_student.json')} | {score(run / 'eval_swap_teacher_norms.json')} "
+            f"| {score(run / 'eval_swap_teacher_directions.json')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", type=Path, help="sweep.json files")
     ap.add_argument("--out", type=Path, default=Path("experiments/adapters/results"))
+    ap.add_argument("--weights", type=Path, nargs="*", default=[], help="weights/ dirs of weights_gpu.sh")
     args = ap.parse_args()
     runs = [r for s in args.sweeps for r in json.loads(s.read_text())]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +195,10 @@ def main() -> None:
     curves(runs, args.out / "curves.png")
     print(text)
     print(f"wrote {args.out / 'table.md'} and {args.out / 'curves.png'}")
+    if args.weights:
+        weights = "".join(weights_table(w) for w in args.weights)
+        (args.out / "weights.md").write_text(weights)
+        print(weights)
 
 
 if __name__ == "__main__":
