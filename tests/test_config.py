@@ -60,9 +60,9 @@ def test_unknown_vsd_key_is_refused():
 
 
 def test_unknown_adapter_lists_the_known_ones():
-    assert "generator.adapter='lora': expected one of the known adapters ['lorad']" in _error(
-        "generator.adapter=lora"
-    )
+    known = "expected one of the known adapters ['dora', 'full', 'lora', 'lorad']"
+    assert f"generator.adapter='lorax': {known}" in _error("generator.adapter=lorax")
+    assert f"fake_score.adapter='LoRA': {known}" in _error("fake_score.adapter=LoRA")
 
 
 # ------------------------------------------------------------------ types and ranges

@@ -162,6 +162,16 @@ def validate_train_config(cfg: Any) -> TrainConfig:
     generator = RoleConfig.from_mapping(module.get("generator", raw.get("generator")), "generator")
     fake_score = RoleConfig.from_mapping(module.get("fake_score", raw.get("fake_score")), "fake_score")
     method = build_method(module.get("method", raw.get("method")))
+    strategy = (raw.get("trainer") or {}).get("strategy")
+    if isinstance(strategy, dict) and str(strategy.get("_target_", "")).endswith("FSDPStrategy"):
+        for node, role in (("generator", generator), ("fake_score", fake_score)):
+            if role.adapter == "full":
+                raise ConfigError(
+                    f"{node}.adapter=full with trainer=fsdp is refused: wadi's FSDP shards only the frozen base and "
+                    "keeps every trainable tensor whole on every rank, so a full trainable copy would not be "
+                    "sharded (no memory saved, and its gradients are all-reduced whole). Use trainer=ddp or one "
+                    f"GPU for {node}.adapter=full, or a low-rank kind (lorad, lora, dora) with trainer=fsdp"
+                )
     return TrainConfig(
         backbone=backbone,
         generator=generator,

@@ -79,6 +79,12 @@ def is_sharded(module: torch.nn.Module) -> bool:
 
 def check_fsdp_compatible(module) -> None:
     """Refuse what `trainer=fsdp` does not support yet, naming the key to change."""
+    full = [role for role, a in getattr(module, "adapters", {}).items() if a.name == "full"]
+    if full:
+        raise ValueError(
+            f"{full[0]}.adapter=full is refused with trainer=fsdp: only the frozen base is sharded, the trainable "
+            "copy would stay whole on every rank; use trainer=ddp or a low-rank adapter kind"
+        )
     if module.denoiser.speed.compile:
         raise ValueError(
             "compile=true / compile=all is not supported with trainer=fsdp (a compiled graph over "

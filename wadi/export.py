@@ -13,11 +13,13 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from wadi.adapters.base import plain_key
 from wadi.backbones.loading import KINDS, _denoiser_class
 from wadi.diffusion import generator_schedule
 from wadi.distill.guards import check_finite
@@ -90,26 +92,67 @@ def _owned(value: torch.Tensor) -> torch.Tensor:
     return value.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
 
 
+def role_adapters(module) -> dict[str, Any]:
+    """{role: its Adapter} of a WaDiModule (one kind for both roles on modules without `adapters`)."""
+    adapters = getattr(module, "adapters", None)
+    return dict(adapters) if adapters else {"generator": module.adapter, "fake_score": module.adapter}
+
+
+def load_adapters(module, path: str | Path, roles: tuple[str, ...] = ("generator", "fake_score")) -> None:
+    """Load an adapter file written by `export_adapters` into `module`'s live adapters (same kinds, same layers;
+    a mismatch is refused, naming both)."""
+    path = Path(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(str(path))
+    adapters = role_adapters(module)
+    for role in roles:
+        kind = meta.get(f"{role}_adapter", "lorad")
+        if kind != adapters[role].name:
+            raise ValueError(
+                f"{path}: its {role} adapter is {kind!r} but this module's is {adapters[role].name!r} "
+                f"(set {role}.adapter={kind})"
+            )
+    model = module.denoiser.model
+    for role in roles:
+        live = adapters[role].state_dict(model, role)
+        stored = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{role}/")}
+        if set(stored) != set(live):
+            missing, extra = sorted(set(live) - set(stored)), sorted(set(stored) - set(live))
+            raise ValueError(
+                f"{path}: {role} tensors do not match this module: missing {missing[:3]}, extra {extra[:3]}"
+            )
+        with torch.no_grad():
+            for key, param in live.items():
+                if stored[key].shape != param.shape:
+                    raise ValueError(
+                        f"{path}: {role}/{key} has shape {tuple(stored[key].shape)}, expected {tuple(param.shape)}"
+                    )
+                param.copy_(stored[key])
+
+
 def export_adapters(module, path: str | Path) -> Path:
     """Both adapters (and the EMA generator if any) as one small safetensors file with its metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     model = module.denoiser.model
-    adapter = module.adapter
+    adapters = role_adapters(module)
     for role in ("generator", "fake_score"):
-        for key, value in adapter.state_dict(model, role).items():
+        for key, value in adapters[role].state_dict(model, role).items():
             tensors[f"{role}/{key}"] = _owned(value)
     if module.ema is not None:
         with module.ema.swapped():
-            for key, value in adapter.state_dict(model, "generator").items():
+            for key, value in adapters["generator"].state_dict(model, "generator").items():
                 tensors[f"generator_ema/{key}"] = _owned(value)
     hp = module.hparams
     meta = {
         "backbone": module.backbone.cfg.name,
         "rank": str(hp.rank),
         "fake_rank": str(hp.fake_rank),
-        "format": f"wadi-{adapter.name}-1",
+        "format": f"wadi-{adapters['generator'].name}-1",
+        "generator_adapter": adapters["generator"].name,
+        "fake_score_adapter": adapters["fake_score"].name,
     }
     check_finite(tensors, f"adapter export {path}")
     tmp = path.with_name(f".{path.name}.tmp")
@@ -123,7 +166,7 @@ def export_adapters(module, path: str | Path) -> Path:
 def export_merged(
     module, out_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Write the generator, LoRaD merged, as a diffusers directory loadable by stock `from_pretrained`.
+    """Write the generator, its adapter merged, as a diffusers directory loadable by stock `from_pretrained`.
 
     Every component is written in one `dtype` (float32 by default: the teacher's copied text encoder and VAE
     are often float16, and a pipeline loaded without `torch_dtype` then mixed fp16 and fp32 layers); load with
@@ -132,7 +175,8 @@ def export_merged(
 
     out_dir = Path(out_dir)
     model = module.denoiser.model
-    adapter = module.adapter
+    adapters = role_adapters(module)
+    adapter = adapters["generator"]
     ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
     with ema:
         check_finite(adapter.state_dict(model, "generator"), f"merged export {out_dir}")
@@ -175,7 +219,8 @@ def export_merged(
 
     ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
     with ema, adapter.merged(model, "generator"):
-        state = {k: v for k, v in model.state_dict().items() if not adapter.is_state_key(k)}
+        named = ((plain_key(adapters.values(), k), v) for k, v in model.state_dict().items())
+        state = {k: v for k, v in named if k is not None}
         with torch.device("meta"):
             plain = _denoiser_class(cfg.kind).from_config(model.config)
         plain.load_state_dict(state, assign=True, strict=True)
@@ -186,6 +231,7 @@ def export_merged(
         "format": "wadi-merged-1",
         "backbone": asdict(cfg) | {"pretrained": None},
         "rank": int(module.hparams.rank),
+        "adapter": adapter.name,
         "ema": bool(use_ema and module.ema is not None),
         "timestep": T,
         "alpha_T": alpha_T,

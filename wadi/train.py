@@ -15,26 +15,49 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import wadi.config
 from wadi.adapters import get_adapter
+from wadi.adapters.base import role_adapters
 from wadi.backbones.loading import BackboneConfig, build_denoiser
 from wadi.config import ConfigError, validate_train_config  # (importing wadi.config registers resolvers)
 
 
 def count_parameters(
-    backbone_cfg: dict, rank: int, fake_rank: int, adapter: dict | None = None
+    backbone_cfg: dict,
+    rank: int,
+    fake_rank: int,
+    adapter: dict | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, int]:
-    """Build the denoiser on the meta device (no weights) and count parameters per role."""
+    """Build the denoiser on the meta device (no weights) and count parameters per role. `kinds`: each role's
+    adapter kind (None: `adapter`'s kind, LoRaD by default, for both)."""
     cfg = BackboneConfig.from_mapping(backbone_cfg)
     denoiser = build_denoiser(cfg, meta=True)
     model = denoiser.model
     base = sum(p.numel() for p in model.parameters())
-    adapter = get_adapter(adapter)
-    adapter.attach(model, "generator", rank, cfg.targets("generator", adapter))
-    adapter.attach(model, "fake_score", fake_rank, cfg.targets("fake_score", adapter))
+    kinds = kinds or {"generator": get_adapter(adapter).name, "fake_score": get_adapter(adapter).name}
+    adapters = role_adapters(adapter, kinds)
+    for role, rank_ in (("generator", rank), ("fake_score", fake_rank)):
+        adapters[role].attach(model, role, rank_, cfg.targets(role, adapters[role]))
     return {
         "teacher (frozen base)": base,
-        "generator": sum(p.numel() for p in adapter.parameters(model, "generator")),
-        "fake_score": sum(p.numel() for p in adapter.parameters(model, "fake_score")),
+        "generator": sum(p.numel() for p in adapters["generator"].parameters(model, "generator")),
+        "fake_score": sum(p.numel() for p in adapters["fake_score"].parameters(model, "fake_score")),
     }
+
+
+def equal_budgets(backbone_cfg: dict, lorad_rank: int, adapter: dict | None = None, role: str = "generator"):
+    """Each kind's rank whose trainable count for `role` comes closest to LoRaD at `lorad_rank` (meta device).
+    `adapter`: the run's adapter node (its targets serve its own kind)."""
+    from wadi.adapters.budget import count, equal_budget, layer_shapes
+
+    cfg = BackboneConfig.from_mapping(backbone_cfg)
+    model = build_denoiser(cfg, meta=True).model
+    adapters = role_adapters(adapter, {k: k for k in ("lorad", "lora", "dora", "full")})
+    lorad = adapters["lorad"]
+    target = count(lorad, layer_shapes(model, cfg.targets(role, lorad), even_only=True), lorad_rank)
+    return [
+        equal_budget(a, layer_shapes(model, cfg.targets(role, a), even_only=a.name == "lorad"), target)
+        for a in adapters.values()
+    ]
 
 
 def dry_run(cfg: DictConfig) -> dict[str, int]:
@@ -43,14 +66,16 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
 
     typed = validate_train_config(cfg)
     rank, fake_rank = typed.generator.rank, typed.fake_score.rank
+    kinds = {"generator": typed.generator.adapter, "fake_score": typed.fake_score.adapter}
     adapter = cfg.get("adapter")
-    counts = count_parameters(
-        OmegaConf.to_container(cfg.backbone, resolve=True),
-        rank,
-        fake_rank,
-        OmegaConf.to_container(adapter, resolve=True) if adapter is not None else None,
+    adapter = OmegaConf.to_container(adapter, resolve=True) if adapter is not None else None
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    counts = count_parameters(backbone, rank, fake_rank, adapter, kinds)
+    title = (
+        f"wadi dry run: backbone={cfg.backbone.name} generator={kinds['generator']} r={rank} "
+        f"fake_score={kinds['fake_score']} r={fake_rank}"
     )
-    table = Table(title=f"wadi dry run: backbone={cfg.backbone.name} rank={rank} fake_rank={fake_rank}")
+    table = Table(title=title)
     table.add_column("role")
     table.add_column("parameters", justify="right")
     table.add_column("trainable", justify="right")
@@ -58,7 +83,27 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
     for role, n in counts.items():
         share = "-" if role.startswith("teacher") else f"{n / base:.2%} of base"
         table.add_row(role, f"{n:,} ({n / 1e6:.2f}M)", share)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    budgets = equal_budgets(backbone, rank, adapter)
+    target = budgets[0].target
+    eq = Table(
+        title=f"equal budgets: the generator's LoRaD at r={rank} trains {target:,}; each kind's closest rank"
+    )
+    eq.add_column("generator.adapter")
+    eq.add_column("rank", justify="right")
+    eq.add_column("trainable", justify="right")
+    eq.add_column("vs LoRaD", justify="right")
+    for b in budgets:
+        rank_text = "-" if b.rank is None else str(b.rank)
+        eq.add_row(b.kind, rank_text, f"{b.count:,}", f"{b.gap:+.3%}")
+    console.print(eq)
+    for b in budgets:
+        if b.kind == kinds["generator"] and b.rank is not None and b.kind != "lorad":
+            print(
+                f"equal budget: generator.adapter={b.kind} generator.rank={b.rank} trains {b.count:,} parameters, "
+                f"LoRaD r={rank} trains {target:,} ({b.gap:+.3%})"
+            )
     return counts
 
 

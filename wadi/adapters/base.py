@@ -25,6 +25,12 @@ from wadi.adapters.targets import AdapterTargets
 
 ADAPTERS: dict[str, type[Adapter]] = {}
 DEFAULT_ADAPTER = "lorad"
+BUILTIN = (
+    "lorad",
+    "lora",
+    "dora",
+    "full",
+)  # wadi's own kinds (wadi/adapters/<name>.py), imported on first use
 
 
 class Adapter(ABC):
@@ -76,6 +82,16 @@ class Adapter(ABC):
         """Whether `key` of the model's state dict belongs to an adapter of this kind (checkpoints keep
         these; a merged export drops them)."""
 
+    def plain_key(self, key: str) -> str | None:
+        """The plain diffusers key of model state key `key` (None: an adapter tensor, not in a merged export).
+        Kinds that wrap the base layer (peft's `base_layer`) map its keys back."""
+        return None if self.is_state_key(key) else key
+
+    def layer_count(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        """Trainable parameters this kind adds to one nn.Linear(in_features, out_features, bias) at `rank`
+        (`wadi.adapters.budget` matches budgets with it)."""
+        raise NotImplementedError(f"adapter {self.name!r} does not give its per-layer parameter count")
+
     def state_keys(self, keys: Iterable[str]) -> set[str]:
         return {k for k in keys if self.is_state_key(k)}
 
@@ -109,7 +125,7 @@ def adapter_class(name: str) -> type[Adapter]:
             if e.name != f"wadi.adapters.{name}":
                 raise
     if name not in ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r}; known adapters: {sorted(ADAPTERS)}")
+        raise ValueError(f"unknown adapter {name!r}; known adapters: {sorted(set(ADAPTERS) | set(BUILTIN))}")
     return ADAPTERS[name]
 
 
@@ -138,3 +154,34 @@ def get_adapter(spec: Adapter | str | Mapping[str, Any] | None = None) -> Adapte
             raise ValueError(f"an adapter config needs a `name` (one of {sorted(ADAPTERS)}), got {config}")
         cls = adapter_class(str(config["name"]))
     return cls(**{k: v for k, v in config.items() if k != "name"})
+
+
+def role_adapters(
+    configured: Adapter | str | Mapping[str, Any] | None, kinds: Mapping[str, str]
+) -> dict[str, Adapter]:
+    """One Adapter per role, `kinds` giving each role's kind (`generator.adapter`, `fake_score.adapter`).
+
+    `configured` (the run's `adapter:` node, e.g. conf/adapter/lorad.yaml with a recipe's targets merged in)
+    serves the roles of its own kind; a role of another kind gets `conf/adapter/<kind>.yaml`. Roles of one kind
+    share one instance (an instance holds only its config; the layers hold the weights).
+    """
+    by_kind: dict[str, Adapter] = {}
+    if configured is not None:
+        first = get_adapter(configured)
+        by_kind[first.name] = first
+    out = {}
+    for role, kind in kinds.items():
+        if kind not in by_kind:
+            by_kind[kind] = get_adapter(kind)
+        out[role] = by_kind[kind]
+    return out
+
+
+def plain_key(adapters: Iterable[Adapter], key: str) -> str | None:
+    """Model state key `key` as the plain diffusers model names it, through every kind on the model
+    (None: an adapter tensor)."""
+    for adapter in {a.name: a for a in adapters}.values():
+        key = adapter.plain_key(key)
+        if key is None:
+            return None
+    return key

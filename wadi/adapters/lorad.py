@@ -19,7 +19,7 @@ from wadi.adapters.base import Adapter, register_adapter
 from wadi.adapters.context import active_adapter, prerotated
 from wadi.adapters.function import rotated_weight
 from wadi.adapters.rotation import lorad_weight
-from wadi.adapters.targets import AdapterTargets, replace_module, select_targets
+from wadi.adapters.targets import AdapterTargets, plain_name, replace_module, select_targets
 
 
 class LoRaDFactors(nn.Module):
@@ -149,6 +149,10 @@ class LoRaD(Adapter):
 
     name = "lorad"
 
+    def layer_count(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        """A (out x r) + B (r x in/2)."""
+        return rank * (out_features + in_features // 2)
+
     def attach(self, model: nn.Module, role: str, rank: int, targets: AdapterTargets) -> list[str]:
         """Attach adapter `role` (rank `rank`) to every selected layer; returns the layer names.
 
@@ -163,10 +167,10 @@ class LoRaD(Adapter):
             layer = model.get_submodule(layer_name)
             if not isinstance(layer, LoRaDLinear):
                 layer = LoRaDLinear.from_linear(layer)
-                layer.layer_name = layer_name
+                layer.layer_name = plain_name(layer_name)
                 replace_module(model, layer_name, layer)
             layer.add_adapter(role, rank)
-        return layers
+        return [plain_name(n) for n in layers]
 
     def parameters(self, model: nn.Module, role: str) -> list[nn.Parameter]:
         return [
@@ -189,6 +193,7 @@ class LoRaD(Adapter):
         """{layer_name.lorad_A / .lorad_B: tensor} of adapter `role`."""
         out = {}
         for layer_name, layer in lorad_layers(model):
+            layer_name = plain_name(layer_name)
             if role in layer.lorad:
                 out[f"{layer_name}.lorad_A"] = layer.lorad[role].lorad_A
                 out[f"{layer_name}.lorad_B"] = layer.lorad[role].lorad_B

@@ -45,8 +45,9 @@ def select_targets(model: nn.Module, targets: AdapterTargets, even_only: bool = 
     if targets.on_odd not in ON_ODD:
         raise ValueError(f"on_odd must be 'error' or 'skip', got {targets.on_odd!r}")
     names = []
+    inner = adapter_internals(model)
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or not _inside(name, targets.blocks):
+        if not isinstance(module, nn.Linear) or not _inside(name, targets.blocks) or name in inner:
             continue
         if set(name.split(".")) & set(targets.skip):
             continue
@@ -54,6 +55,25 @@ def select_targets(model: nn.Module, targets: AdapterTargets, even_only: bool = 
             continue
         names.append(name)
     return names
+
+
+def plain_name(name: str) -> str:
+    """A layer's name in the plain model: without the `.base_layer` of the adapter wrappers around it."""
+    return name.replace(".base_layer", "")
+
+
+def adapter_internals(model: nn.Module) -> set[str]:
+    """Names of the modules inside adapter wrappers other than the wrapped layer: a wrapper (peft's LoRA layer,
+    wadi's FullLinear) holds the layer it adapts as `base_layer`, and its own factors (e.g. LoRA's `lora_A`, an
+    nn.Linear) are never targets of another adapter."""
+    inner = set()
+    for wrapper_name, wrapper in model.named_modules():
+        if not isinstance(getattr(wrapper, "base_layer", None), nn.Module):
+            continue
+        for child_name, child in wrapper.named_children():
+            if child_name != "base_layer":
+                inner.update(n for n, _ in child.named_modules(prefix=f"{wrapper_name}.{child_name}"))
+    return inner
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

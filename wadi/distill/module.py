@@ -3,7 +3,8 @@
 It orchestrates; the method (`wadi.distill.method`: a student and loss terms) says what is computed, the math
 lives in `wadi.distill.losses`, the rotation in `wadi.adapters.lorad`.
 One frozen denoiser serves three roles, chosen per forward: the teacher (no adapter), the fake score
-(adapter "fake_score") and the generator (adapter "generator").
+(adapter "fake_score") and the generator (adapter "generator"); each role has its own adapter kind
+(`generator.adapter`, `fake_score.adapter`: lorad, lora, dora or full; `wadi.adapters`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from wadi.adapters import get_adapter
+from wadi.adapters.base import role_adapters
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
 from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, check_finite
@@ -142,19 +143,19 @@ class WaDiModule(L.LightningModule):
         self._given_text_encoder = text_encoder or None
         cfg = self.backbone.cfg
         model = self.backbone.denoiser.model
-        self.adapter = get_adapter(adapter)  # None: LoRaD with conf/adapter/lorad.yaml
-        for role_cfg, role in ((self.generator_config, GENERATOR), (self.fake_score_config, FAKE_SCORE)):
-            if role_cfg.adapter != self.adapter.name:
-                raise ValueError(
-                    f"{role}.adapter={role_cfg.adapter!r} but the run's adapter is {self.adapter.name!r}: one "
-                    "adapter kind per run for now (set adapter=<kind>)"
-                )
-        gen, fake = cfg.targets(GENERATOR, self.adapter), cfg.targets(FAKE_SCORE, self.adapter)
-        self.generator_layers = self.adapter.attach(model, GENERATOR, self.generator_config.rank, gen)
-        self.fake_score_layers = self.adapter.attach(model, FAKE_SCORE, self.fake_score_config.rank, fake)
+        # One adapter kind per role (`generator.adapter`, `fake_score.adapter`); `adapter` (the run's adapter node)
+        # configures the roles of its kind, others read conf/adapter/<kind>.yaml.
+        self.adapters = role_adapters(
+            adapter, {GENERATOR: self.generator_config.adapter, FAKE_SCORE: self.fake_score_config.adapter}
+        )
+        self.adapter = self.adapters[GENERATOR]  # the generator's kind: what exports merge
+        gen_kind, fake_kind = self.adapters[GENERATOR], self.adapters[FAKE_SCORE]
+        gen, fake = cfg.targets(GENERATOR, gen_kind), cfg.targets(FAKE_SCORE, fake_kind)
+        self.generator_layers = gen_kind.attach(model, GENERATOR, self.generator_config.rank, gen)
+        self.fake_score_layers = fake_kind.attach(model, FAKE_SCORE, self.fake_score_config.rank, fake)
         if gradient_checkpointing:
             self.denoiser.update_speed(gradient_checkpointing=True)
-        self.ema = EMA(self.adapter.parameters(model, GENERATOR), ema_decay) if ema_decay else None
+        self.ema = EMA(gen_kind.parameters(model, GENERATOR), ema_decay) if ema_decay else None
         optimizer = _build(optimizer)
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, weight_decay=0.0)
         self.run_config = dict(run_config) if run_config is not None else None
@@ -170,10 +171,14 @@ class WaDiModule(L.LightningModule):
         return self.backbone.alphas_cumprod
 
     def generator_parameters(self) -> list[torch.nn.Parameter]:
-        return self.adapter.parameters(self.denoiser.model, GENERATOR)
+        return self.adapters[GENERATOR].parameters(self.denoiser.model, GENERATOR)
 
     def fake_score_parameters(self) -> list[torch.nn.Parameter]:
-        return self.adapter.parameters(self.denoiser.model, FAKE_SCORE)
+        return self.adapters[FAKE_SCORE].parameters(self.denoiser.model, FAKE_SCORE)
+
+    def adapter_kinds(self) -> dict[str, str]:
+        """Each role's adapter kind, as checkpoints and exports record it."""
+        return {role: a.name for role, a in self.adapters.items()}
 
     @property
     def text_encoder(self) -> TextEncoderLike | None:
@@ -385,7 +390,8 @@ class WaDiModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def adapter_keys(self) -> set[str]:
-        return {k for k in self.state_dict() if self.adapter.is_state_key(k) or k.startswith("ema.")}
+        kinds = {a.name: a for a in self.adapters.values()}.values()
+        return {k for k in self.state_dict() if k.startswith("ema.") or any(a.is_state_key(k) for a in kinds)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep adapters, EMA and what resume needs; the frozen base is reloaded from disk."""
@@ -397,6 +403,7 @@ class WaDiModule(L.LightningModule):
             "backbone": self.backbone.cfg.name,
             "rank": int(self.hparams.rank),
             "fake_rank": int(self.hparams.fake_rank),
+            "adapters": self.adapter_kinds(),
             "ema": self.ema is not None,
             "config": self.run_config,
             "nonfinite_skipped": self._skipped,
@@ -415,6 +422,7 @@ class WaDiModule(L.LightningModule):
             int(self.hparams.rank),
             int(self.hparams.fake_rank),
             self.ema is not None,
+            adapters=self.adapter_kinds(),
         )
         missing = self.adapter_keys() - set(checkpoint["state_dict"])
         if missing:
@@ -447,14 +455,23 @@ def _set_numpy_state(state: dict[str, Any]) -> None:
 
 
 def check_checkpoint_compatible(
-    checkpoint: Mapping[str, Any], backbone: str, rank: int, fake_rank: int, ema: bool | None = None
+    checkpoint: Mapping[str, Any],
+    backbone: str,
+    rank: int,
+    fake_rank: int,
+    ema: bool | None = None,
+    adapters: Mapping[str, str] | None = None,
 ) -> None:
-    """Refuse a checkpoint made for another backbone, rank or EMA setting, naming both."""
+    """Refuse a checkpoint made for another backbone, rank, EMA setting or adapter kind, naming both."""
     meta = checkpoint.get("wadi")
     if meta is None:
         raise ValueError("not a wadi checkpoint (no 'wadi' entry): was it written by wadi.train?")
     theirs = {"backbone": meta["backbone"], "rank": meta["rank"], "fake_rank": meta["fake_rank"]}
     ours = {"backbone": backbone, "rank": rank, "fake_rank": fake_rank}
+    if adapters is not None:  # checkpoints from before per-role kinds hold LoRaD
+        kinds = meta.get("adapters") or {GENERATOR: "lorad", FAKE_SCORE: "lorad"}
+        for role, kind in adapters.items():
+            theirs[f"{role}.adapter"], ours[f"{role}.adapter"] = kinds.get(role, "lorad"), kind
     if ema is not None:
         theirs["ema"], ours["ema"] = meta.get("ema", False), ema
     if theirs != ours:
@@ -462,5 +479,6 @@ def check_checkpoint_compatible(
             f"{k}: checkpoint {theirs[k]!r} vs this run {ours[k]!r}" for k in ours if theirs[k] != ours[k]
         )
         raise ValueError(
-            f"checkpoint does not match this run ({diff}); use the same backbone/rank/fake_rank/ema"
+            f"checkpoint does not match this run ({diff}); use the same backbone/rank/fake_rank/ema and adapter "
+            "kinds (generator.adapter, fake_score.adapter)"
         )

@@ -9,7 +9,12 @@ from typing import Any
 
 from wadi.config import ConfigError, check_keys
 
-ADAPTERS = {"lorad": "LoRaD: a low-rank rotation of each adapted weight (wadi.adapters.lorad)"}
+ADAPTERS = {
+    "lorad": "LoRaD: a low-rank rotation of each adapted weight (wadi.adapters.lorad)",
+    "lora": "LoRA: a low-rank additive update, peft's layer (wadi.adapters.lora)",
+    "dora": "DoRA: LoRA's direction update plus a trainable row magnitude, peft's use_dora (wadi.adapters.lora)",
+    "full": "full fine-tuning: a trainable copy of every targeted layer; rank unused (wadi.adapters.full)",
+}
 
 
 @dataclass(frozen=True)
