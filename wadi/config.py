@@ -162,6 +162,8 @@ def validate_train_config(cfg: Any) -> TrainConfig:
     generator = RoleConfig.from_mapping(module.get("generator", raw.get("generator")), "generator")
     fake_score = RoleConfig.from_mapping(module.get("fake_score", raw.get("fake_score")), "fake_score")
     method = build_method(module.get("method", raw.get("method")))
+    if hasattr(method.student, "check_backbone"):  # a student for some backbone kinds only (TiUE: U-Nets)
+        method.student.check_backbone(backbone.kind)
     return TrainConfig(
         backbone=backbone,
         generator=generator,
