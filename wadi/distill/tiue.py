@@ -23,6 +23,7 @@ PixArt has no encoder / decoder split with skip features, so `method=tiue` refus
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -162,16 +163,25 @@ class TiUEStudent:
             )
         return maps
 
+    # ----------------------------------------------------------------- export (wadi.export, wadi.generation)
     def export_info(self, alphas_cumprod: Tensor) -> dict[str, Any]:
-        """What an export records to rebuild this student (wadi.export, wadi.generation)."""
+        """What an export records to rebuild this student (`from_export_info`): method, k, resolved timesteps."""
+        return {"method": "tiue", "k": self.k, "timesteps": self.timesteps_for(alphas_cumprod.shape[0])}
+
+    @classmethod
+    def from_export_info(cls, info: dict[str, Any]) -> TiUEStudent:
+        return cls(k=int(info["k"]), timesteps=[int(t) for t in info["timesteps"]])
+
+    def pipeline_files(self) -> dict[str, Path]:
+        """Files an export ships so that diffusers runs the student (`custom_pipeline=<export>/tiue_pipeline.py`)."""
+        from wadi.pipelines import tiue_pipeline
+
+        return {"tiue_pipeline.py": Path(tiue_pipeline.__file__)}
+
+    def pipeline_config(self, alphas_cumprod: Tensor) -> dict[str, Any]:
+        """The TiUEPipeline's config entries (model_index.json): its timesteps and alphas_cumprod at them."""
         ts = self.timesteps_for(alphas_cumprod.shape[0])
-        return {
-            "method": "tiue",
-            "_target_": f"{type(self).__module__}.{type(self).__name__}",
-            "k": self.k,
-            "timesteps": ts,
-            "alphas_cumprod": [float(alphas_cumprod[t]) for t in ts],
-        }
+        return {"tiue_timesteps": ts, "tiue_alphas_cumprod": [float(alphas_cumprod[t]) for t in ts]}
 
     def __repr__(self) -> str:
         return f"TiUEStudent(k={self.k}, timesteps={self.timesteps}, parallel={self.parallel})"

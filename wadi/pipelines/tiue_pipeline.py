@@ -11,7 +11,9 @@ The student of Loopfree / TiUE (github.com/sen-mao/Loopfree) is a diffusers `UNe
 This file is self-contained (torch and diffusers only) so that a wadi export can ship it and a diffusers user can
 load the student without wadi:
 
-    pipe = DiffusionPipeline.from_pretrained(export_dir, custom_pipeline=f"{export_dir}/tiue_pipeline.py")
+    pipe = DiffusionPipeline.from_pretrained(
+        export_dir, custom_pipeline=f"{export_dir}/tiue_pipeline.py", trust_remote_code=True
+    )
     image = pipe("a red circle").images[0]
 
 or `from wadi.pipelines.tiue_pipeline import TiUEPipeline; TiUEPipeline.from_pretrained(export_dir)`.
@@ -300,7 +302,7 @@ class TiUEPipeline(_diffusion_pipeline()):
         output_type: str = "pil",
         return_dict: bool = True,
     ):
-        from diffusers.pipelines.pipeline_output import ImagePipelineOutput
+        from diffusers import ImagePipelineOutput
         from diffusers.utils.torch_utils import randn_tensor
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
