@@ -164,6 +164,8 @@ def validate_train_config(cfg: Any) -> TrainConfig:
     method = build_method(module.get("method", raw.get("method")))
     if hasattr(method.student, "check_backbone"):  # a student for some backbone kinds only (TiUE: U-Nets)
         method.student.check_backbone(backbone.kind)
+    if hasattr(method.student, "check_trainer"):  # a student that calls parts of the model (TiUE: no FSDP)
+        method.student.check_trainer((raw.get("trainer") or {}).get("strategy"))
     return TrainConfig(
         backbone=backbone,
         generator=generator,

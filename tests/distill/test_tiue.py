@@ -193,13 +193,15 @@ def test_configuration_errors_name_the_key():
         Method(losses={"vsd": VSDLoss(), "kl": KLLoss()})  # the one-step student has no noise maps
 
 
-def test_pixart_is_refused_before_loading():
+def test_pixart_and_fsdp_are_refused_before_loading():
     from wadi.config import validate_train_config
     from wadi.testing import compose_config
 
     validate_train_config(compose_config(["method=tiue", "backbone=sd21"]))
     with pytest.raises(ConfigError, match="method=tiue needs a U-Net backbone"):
         validate_train_config(compose_config(["method=tiue", "backbone=toy_pixart"]))
+    with pytest.raises(ConfigError, match="trainer=fsdp"):
+        validate_train_config(compose_config(["method=tiue", "backbone=sd21", "trainer=fsdp"]))
 
 
 @pytest.mark.parametrize("arch", ["sd15_unet.json", "sd21_unet.json"])

@@ -99,6 +99,16 @@ class TiUEStudent:
                 "and no form of it has been defined or measured. Use method=wadi for PixArt."
             )
 
+    def check_trainer(self, strategy: Any) -> None:
+        """Refuse FSDP: it gathers the root's frozen weights (conv_in, time embedding, conv_out) in the U-Net's own
+        forward, which the encoder / decoder split does not call."""
+        target = strategy.get("_target_", "") if isinstance(strategy, dict) else str(strategy or "")
+        if "FSDP" in target:
+            raise ConfigError(
+                f"method=tiue cannot train under trainer=fsdp (strategy {target}): FSDP gathers the U-Net's root "
+                "weights in its forward, and TiUE calls the encoder and decoder parts directly; use trainer=ddp"
+            )
+
     def timesteps_for(self, num_train: int) -> list[int]:
         """t_1 > ... > t_K for a schedule of `num_train` steps."""
         ts = self.timesteps or leading_timesteps(num_train, self.k, self.steps_offset)
