@@ -209,7 +209,8 @@ def export_merged(
         info["sampling"] = (
             f"the {student_info['method']} student, not a stock one-step pipeline: wadi.sample, or diffusers "
             + (
-                f"DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir + '/{files[0]}')"
+                f"DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir + '/{files[0]}', "
+                "trust_remote_code=True)"
                 if files
                 else ""
             )
