@@ -172,6 +172,10 @@ def validate_train_config(cfg: Any) -> TrainConfig:
                     "sharded (no memory saved, and its gradients are all-reduced whole). Use trainer=ddp or one "
                     f"GPU for {node}.adapter=full, or a low-rank kind (lorad, lora, dora) with trainer=fsdp"
                 )
+    if hasattr(method.student, "check_backbone"):  # a student for some backbone kinds only (TiUE: U-Nets)
+        method.student.check_backbone(backbone.kind)
+    if hasattr(method.student, "check_trainer"):  # a student that calls parts of the model (TiUE: no FSDP)
+        method.student.check_trainer((raw.get("trainer") or {}).get("strategy"))
     return TrainConfig(
         backbone=backbone,
         generator=generator,

@@ -203,7 +203,10 @@ def export_merged(
         steps_offset=1,  # unused by trailing spacing; 1 keeps StableDiffusionPipeline's FutureWarning away
     )
     scheduler = DDIMScheduler.from_pretrained(root / "scheduler", **one_step_kw)
-    if cfg.alpha_T is not None:
+    # A method's own student (TiUE) records how to rebuild it; it reads the schedule unchanged.
+    student = module.student
+    student_info = student.export_info(module.alphas_cumprod) if hasattr(student, "export_info") else None
+    if cfg.alpha_T is not None and student_info is None:
         # The student's x0 = (z - sigma_T eps) / alpha_T uses its own alpha_T, and stock DDIM reads alpha_T from
         # alphas_cumprod[T]: write betas whose cumulative product ends at alpha_T^2 (every other t unchanged).
         betas = one_step_betas(scheduler.betas, float(cfg.alpha_T))
@@ -215,7 +218,12 @@ def export_merged(
     if index_path.exists():
         index = json.loads(index_path.read_text())
         index["scheduler"] = ["diffusers", "DDIMScheduler"]
+        if student_info is not None and hasattr(student, "pipeline_config"):
+            index |= student.pipeline_config(module.alphas_cumprod)
         index_path.write_text(json.dumps(index, indent=2))
+    if student_info is not None and hasattr(student, "pipeline_files"):
+        for name, source in student.pipeline_files().items():  # its diffusers custom pipeline
+            shutil.copy2(source, tmp / name)
 
     ema = module.ema.swapped() if (use_ema and module.ema is not None) else nullcontext()
     with ema, adapter.merged(model, "generator"):
@@ -239,7 +247,20 @@ def export_merged(
         "alpha_T_from_scheduler": cfg.alpha_T is None,
         "sampling": "one step: num_inference_steps=1, guidance_scale=1.0",
         "dtype": _dtype_name(dtype),
+        "method": str(module.hparams.get("method", "wadi")),
     }
+    if student_info is not None:
+        info["student"] = student_info
+        files = sorted(student.pipeline_files()) if hasattr(student, "pipeline_files") else []
+        info["sampling"] = (
+            f"the {student_info['method']} student, not a stock one-step pipeline: wadi.sample, or diffusers "
+            + (
+                f"DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir + '/{files[0]}', "
+                "trust_remote_code=True)"
+                if files
+                else ""
+            )
+        )
     (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
     _default_modes(tmp)
     _replace_dir(tmp, out_dir)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from wadi.backbones import Conditioning
 from wadi.backbones.loading import Backbone, BackboneConfig, load_backbone
+from wadi.distill.student import OneStepStudent
 from wadi.export import EXPORT_INFO
 from wadi.samplers import Sampler, build_sampler, seeded_noise
 
@@ -38,8 +39,11 @@ class Generator:
         teacher_guidance: float = 0.0,
         teacher: Backbone | None = None,
         compile: bool = False,
+        student=None,
     ) -> None:
+        """`student`: a method's own student (TiUE's) instead of the one-step one; None: one step."""
         self.backbone = backbone
+        self.student = student
         self.hybrid_k = hybrid_k
         self.schedule_steps = schedule_steps
         self.teacher_guidance = teacher_guidance
@@ -88,6 +92,7 @@ class Generator:
             self.teacher_guidance,
             teacher,
             self.backbone.cfg.alpha_T,
+            self.student,
         )
 
     @torch.no_grad()
@@ -177,8 +182,16 @@ def load_generator(
         if use_ema and module.ema is not None:
             module.ema.copy_to_params()
         module.eval()
+        student = None if isinstance(module.student, OneStepStudent) else module.student
         gen = Generator(
-            module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module, **hybrid
+            module.backbone,
+            "generator",
+            teacher_steps,
+            guidance_scale,
+            batch_size,
+            module=module,
+            student=student,
+            **hybrid,
         )
         gen = gen.to(device)
         return gen.compile() if compile else gen
@@ -197,10 +210,39 @@ def load_generator(
                 "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
             )
         teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
+    student = student_from_export_info(info) if info is not None else None
     gen = Generator(
-        backbone, None, teacher_steps, guidance_scale, batch_size, teacher=teacher_bb, **hybrid
+        backbone,
+        None,
+        teacher_steps,
+        guidance_scale,
+        batch_size,
+        teacher=teacher_bb,
+        student=student,
+        **hybrid,
     ).to(device)
     return gen.compile() if compile else gen
+
+
+# Students an export may name (`student.method` in its wadi_export.json): a fixed table, never a `_target_` read
+# from a file (an export is data, as a checkpoint is).
+EXPORT_STUDENTS = {"tiue": ("wadi.distill.tiue", "TiUEStudent")}
+
+
+def student_from_export_info(info: Mapping) -> object | None:
+    """The student an export records (TiUE's), or None for the one-step student."""
+    student = info.get("student")
+    if not student:
+        return None
+    method = student.get("method")
+    if method not in EXPORT_STUDENTS:
+        raise ValueError(
+            f"the export's {EXPORT_INFO} names student method {method!r}; this wadi knows {sorted(EXPORT_STUDENTS)}"
+        )
+    import importlib
+
+    module_name, class_name = EXPORT_STUDENTS[method]
+    return getattr(importlib.import_module(module_name), class_name).from_export_info(student)
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

@@ -176,7 +176,24 @@ class Hybrid:
         return x0
 
 
-Sampler = OneStep | DDIM | Hybrid
+@dataclass
+class StudentSampler:
+    """A method's own student (`wadi.distill.student.Student`, e.g. TiUE's loop-free one) under `adapter`."""
+
+    student: object
+    adapter: str | None = "generator"
+    alpha_T: float | None = None
+    needs_uncond = False
+
+    @torch.no_grad()
+    def __call__(self, denoiser, z, cond, uncond, alphas_cumprod, trajectory=None) -> Tensor:
+        x0 = self.student.generate(denoiser, z, cond, alphas_cumprod, self.adapter, self.alpha_T)
+        if trajectory is not None:
+            trajectory.append(x0)
+        return x0
+
+
+Sampler = OneStep | DDIM | Hybrid | StudentSampler
 
 
 def build_sampler(
@@ -188,13 +205,21 @@ def build_sampler(
     teacher_guidance: float = 0.0,
     teacher_denoiser: Denoiser | None = None,
     alpha_T: float | None = None,
+    student: object | None = None,
 ) -> Sampler:
     """The sampler the generation flags ask for: `steps`=N -> N-step DDIM with CFG `guidance_scale` under
     `adapter`; else `hybrid_k`=k > 0 -> the teacher's first k of `schedule_steps` steps (CFG
     `teacher_guidance`; `teacher_denoiser`, or the adapter-free base of the denoiser), then the student
-    under `adapter`; else the one-step student under `adapter` with `alpha_T`."""
+    under `adapter`; else the one-step student under `adapter` with `alpha_T`, or `student` (a method's own,
+    e.g. TiUE's) when given."""
     if steps is not None:
         return DDIM(steps, guidance_scale, adapter)
+    if student is not None:
+        if hybrid_k:
+            raise ValueError(
+                f"hybrid sampling (hybrid_k={hybrid_k}) needs a one-step student, not {student!r}"
+            )
+        return StudentSampler(student, adapter, alpha_T)
     if hybrid_k == 0:
         return OneStep(adapter, alpha_T)
     return Hybrid(

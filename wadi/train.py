@@ -214,7 +214,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print(f"  samples       {run_dir}/samples/")
         if "merged" in objects:
             print(f"  adapters      {objects['adapters']}")
-            print(f"  merged model  {objects['merged']}  (stock diffusers, one step)")
+            own = hasattr(
+                module.student, "export_info"
+            )  # a method's own student (TiUE): its pipeline, not stock
+            how = f"the {module.method.name} student: wadi.sample" if own else "stock diffusers, one step"
+            print(f"  merged model  {objects['merged']}  ({how})")
             print(f"  sample        python -m wadi.sample model={objects['merged']} prompts='[\"...\"]'")
     return metrics, objects
 

@@ -6,6 +6,8 @@ that knows how each diffusers model takes its inputs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -97,18 +99,28 @@ class Denoiser(nn.Module):
     def _run(
         self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
     ) -> Tensor:
+        with self.bound(adapter, x_t.device.type) as dtype:
+            if dtype is None:
+                return self._eps(model, x_t, t, cond)
+            return self._eps(model, x_t.to(dtype), t, cond.to(dtype=dtype))
+
+    @contextmanager
+    def bound(self, adapter: str | None, device: str) -> Iterator[torch.dtype | None]:
+        """What one pass binds: the adapter role, its W' (pre-rotation) and the compute dtype. Yields the dtype
+        the inputs must be cast to (None: as given). A student that calls parts of `model` itself (TiUE's encoder
+        and decoder) runs them inside one `bound` block, exactly as a forward runs."""
         speed = self._speed
         groups = self._rotation_groups(adapter)
-        device = x_t.device.type
         fused = speed.fused_rotation
         with use_adapter(adapter):
             if speed.compute_dtype is None:
                 dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
                 with rotation_scope(groups, adapter, dtype, fused):
-                    return self._eps(model, x_t, t, cond)
+                    yield None
+                return
             dtype = speed.compute_dtype
             with torch.autocast(device, enabled=False), rotation_scope(groups, adapter, dtype, fused):
-                return self._eps(model, x_t.to(dtype), t, cond.to(dtype=dtype))
+                yield dtype
 
     def _rotation_groups(self, adapter: str | None) -> list | None:
         """Adapter `adapter`'s layers grouped by shape (built once per adapter), or None when grouping is off."""

@@ -7,6 +7,8 @@ here, behind two small interfaces:
 - loss terms: each may add to the generator's loss (`generator_loss`) and/or train the fake score
   (`fake_score_loss`); VSD (`wadi.distill.vsd.VSDLoss`) does both. An extra term (a KL, a patch
   distribution-matching loss) is one more entry under `method.losses` with its own `_target_` and `weight`.
+  A term that reads what the student computed besides x0 (TiUE's KL on its noise maps) has `bind_student(student,
+  key)`, called once here: it checks the student and keeps it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class Method:
                 raise ConfigError(
                     f"method.losses.{key}: {term!r} is not a loss term (needs generator_loss and/or fake_score_loss)"
                 )
+        for key, term in built.items():  # a term that reads the student's outputs (TiUE's KL) checks it here
+            if hasattr(term, "bind_student"):
+                term.bind_student(self.student, key)
         if not any(hasattr(t, "generator_loss") for t in built.values()):
             raise ConfigError(
                 f"method {name!r}: no loss term trains the generator (method.losses: {sorted(built)})"

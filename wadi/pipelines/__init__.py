@@ -1,0 +1,1 @@
+"""Diffusers pipelines for wadi students that stock pipelines cannot run (TiUE)."""
