@@ -7,6 +7,11 @@ here, behind two small interfaces:
 - loss terms: each may add to the generator's loss (`generator_loss`) and/or train the fake score
   (`fake_score_loss`); VSD (`wadi.distill.vsd.VSDLoss`) does both. An extra term (a KL, a patch
   distribution-matching loss) is one more entry under `method.losses` with its own `_target_` and `weight`.
+
+Optional, additive parts of the seam (a student or term without them works as before):
+- `uses_batch = True` on a student or a term: the module passes `batch=` (the training batch, e.g. its real
+  `latents`) and `step=` (the global step) as keywords to `generate` / `generator_loss` during training;
+- `enabled` False on a term (e.g. PDM at weight 0): the term is dropped when the method is built.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class Method:
         self.name = name
         self.student: Student = _build(student) if student is not None else OneStepStudent()
         built = {k: _build(v) for k, v in (losses if losses is not None else {"vsd": VSDLoss()}).items()}
+        built = {k: t for k, t in built.items() if getattr(t, "enabled", True)}
         for key, term in built.items():
             if not (hasattr(term, "generator_loss") or hasattr(term, "fake_score_loss")):
                 raise ConfigError(
