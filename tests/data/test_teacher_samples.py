@@ -21,7 +21,9 @@ def tiny_teacher(tiny_sd_dir):
 
 
 def _build(backbone, out, **kw):
-    args = dict(steps=2, guidance_scale=2.0, seed=3, shard_size=2, batch_size=2, dtype="float32", progress=False)
+    args = dict(
+        steps=2, guidance_scale=2.0, seed=3, shard_size=2, batch_size=2, dtype="float32", progress=False
+    )
     return ts.build_teacher_samples(backbone, PROMPTS, out, **(args | kw))
 
 
@@ -32,7 +34,9 @@ def test_round_trip_and_resume(tiny_teacher, tmp_path, monkeypatch):
     assert samples.prompts == PROMPTS and len(samples) == 5 and samples.meta["num_shards"] == 3
     got = samples[[4, 0, 2]]
     # each row is the teacher's DDIM sample of its prompt from seed 3 * 10**9 + i, whatever the batching
-    direct = torch.cat([ts.teacher_latents(backbone, [PROMPTS[i]], [3 * 10**9 + i], 2, 2.0) for i in (4, 0, 2)])
+    direct = torch.cat(
+        [ts.teacher_latents(backbone, [PROMPTS[i]], [3 * 10**9 + i], 2, 2.0) for i in (4, 0, 2)]
+    )
     assert got.shape == (3, 4, 8, 8) and torch.allclose(got, direct, rtol=1e-4, atol=1e-4)
 
     before = samples[list(range(5))]

@@ -14,7 +14,8 @@ from wadi.distill.pdm import PDMLoss, as_tokens, capture, default_block, pdm_dis
 
 def test_distance_matches_the_formula_written_out():
     g = torch.Generator().manual_seed(0)
-    real, fake = torch.randn(3, 5, 4, generator=g), torch.randn(3, 7, 4, generator=g)  # token counts may differ
+    # the token counts may differ
+    real, fake = torch.randn(3, 5, 4, generator=g), torch.randn(3, 7, 4, generator=g)
     c = 1e-3
     total = 0.0
     for b in range(3):
@@ -120,9 +121,13 @@ def test_term_on_a_tiny_unet_gives_gradient_to_x0_only(tiny_sd_cfg):
     term = PDMLoss(network="teacher", t_min=100, t_max=100)
     with pytest.raises(ValueError, match="needs real latents"):
         term.generator_loss(ctx, real, cond, cond, torch.Generator().manual_seed(0))
-    same = term.generator_loss(ctx, real.clone(), cond, cond, torch.Generator().manual_seed(0), batch={"latents": real})
-    assert float(same["loss"]) == pytest.approx(0.0, abs=1e-6)  # same latents, same noise and t: equal features
-    x0 = (real[:, :, ::2, ::2] + 0.3).requires_grad_(True)  # a smaller sample: the real side is area-downscaled
+    same = term.generator_loss(
+        ctx, real.clone(), cond, cond, torch.Generator().manual_seed(0), batch={"latents": real}
+    )
+    # same latents, same noise and t: equal features
+    assert float(same["loss"]) == pytest.approx(0.0, abs=1e-6)
+    # a smaller sample: the real side is area-downscaled
+    x0 = (real[:, :, ::2, ::2] + 0.3).requires_grad_(True)
     out = term.generator_loss(ctx, x0, cond, cond, torch.Generator().manual_seed(0), batch={"latents": real})
     out["loss"].backward()
     assert float(out["loss"].detach()) > 0 and x0.grad is not None and x0.grad.abs().sum() > 0

@@ -97,7 +97,7 @@ def test_one_scale_at_full_size_is_a_few_step_student():
     den = _Linear()
     got = student.generate(den, z, None, AC, "generator", None)
     # the few-step student written out: predict x0, re-noise it with fresh noise at the next t, predict again
-    x = z[:, 0]
+    x, x0 = z[:, 0], None
     for k, t in enumerate([999, 600, 300]):
         if k:
             x = math.sqrt(float(AC[t])) * x0 + math.sqrt(1 - float(AC[t])) * z[:, k]
