@@ -194,6 +194,15 @@ def export_merged(
         "sampling": "one step: num_inference_steps=1, guidance_scale=1.0",
         "dtype": _dtype_name(dtype),
     }
+    student_info = getattr(module.student, "export_info", None)
+    if (
+        student_info is not None
+    ):  # a few-step student (SwD): its scales and timesteps, read back by wadi.generation
+        info["student"] = student_info(module.alphas_cumprod)
+        info["sampling"] = (
+            "the student's own sampler (wadi.generation.load_generator, wadi/pipelines/swd_pipeline.py); "
+            "stock one-step diffusers sampling does not apply"
+        )
     (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
     _default_modes(tmp)
     _replace_dir(tmp, out_dir)

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from wadi.backbones import Conditioning
 from wadi.backbones.loading import Backbone, BackboneConfig, load_backbone
 from wadi.export import EXPORT_INFO
-from wadi.samplers import Sampler, build_sampler, seeded_noise
+from wadi.samplers import Sampler, StudentSampler, build_sampler, seeded_noise
 
 
 class Generator:
@@ -38,8 +38,12 @@ class Generator:
         teacher_guidance: float = 0.0,
         teacher: Backbone | None = None,
         compile: bool = False,
+        student=None,
     ) -> None:
+        """`student`: a few-step student of its own (SwD's scale-wise one) sampled when neither `steps` nor
+        `hybrid_k` is set; None: the one-step student."""
         self.backbone = backbone
+        self.student = student
         self.hybrid_k = hybrid_k
         self.schedule_steps = schedule_steps
         self.teacher_guidance = teacher_guidance
@@ -79,6 +83,8 @@ class Generator:
     def sampler(self) -> Sampler:
         """The wadi.samplers sampler these settings ask for (`build_sampler`: the one flag dispatch)."""
         teacher = self.teacher.denoiser if self.teacher is not None else None
+        if self.student is not None and self.steps is None and self.hybrid_k == 0:
+            return StudentSampler(self.student, self.adapter, self.backbone.cfg.alpha_T)
         return build_sampler(
             self.steps,
             self.guidance_scale,
@@ -100,7 +106,12 @@ class Generator:
         dtype = next(bb.denoiser.parameters()).dtype
         embeds, mask = bb.text_encoder.encode(list(prompts))
         cond = Conditioning(embeds.to(dtype), mask)
-        z = seeded_noise(list(seeds), bb.latent_shape, self.device, dtype)
+        shape = (
+            bb.latent_shape
+            if not isinstance(sampler, StudentSampler)
+            else sampler.student.noise_shape(bb.latent_shape)
+        )
+        z = seeded_noise(list(seeds), shape, self.device, dtype)
         uncond = None
         if sampler.needs_uncond:
             null_embeds, null_mask = bb.text_encoder.encode([""])
@@ -177,8 +188,16 @@ def load_generator(
         if use_ema and module.ema is not None:
             module.ema.copy_to_params()
         module.eval()
+        student = module.student if hasattr(module.student, "export_info") else None  # a few-step student
         gen = Generator(
-            module.backbone, "generator", teacher_steps, guidance_scale, batch_size, module=module, **hybrid
+            module.backbone,
+            "generator",
+            teacher_steps,
+            guidance_scale,
+            batch_size,
+            module=module,
+            student=student,
+            **hybrid,
         )
         gen = gen.to(device)
         return gen.compile() if compile else gen
@@ -197,8 +216,20 @@ def load_generator(
                 "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
             )
         teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
+    student = None
+    if info is not None and info.get("student"):  # a few-step student's export (SwD): its steps and scales
+        from wadi.distill.swd import student_from_info
+
+        student = student_from_info(info["student"])
     gen = Generator(
-        backbone, None, teacher_steps, guidance_scale, batch_size, teacher=teacher_bb, **hybrid
+        backbone,
+        None,
+        teacher_steps,
+        guidance_scale,
+        batch_size,
+        teacher=teacher_bb,
+        student=student,
+        **hybrid,
     ).to(device)
     return gen.compile() if compile else gen
 

@@ -176,7 +176,24 @@ class Hybrid:
         return x0
 
 
-Sampler = OneStep | DDIM | Hybrid
+@dataclass
+class StudentSampler:
+    """A method's own student (e.g. SwD's scale-wise generator, `wadi.distill.swd`) run as a sampler under
+    `adapter`; its noise has the student's `noise_shape`."""
+
+    student: object
+    adapter: str | None = "generator"
+    alpha_T: float | None = None
+    needs_uncond = False
+
+    @torch.no_grad()
+    def __call__(self, denoiser, z, cond, uncond, alphas_cumprod, trajectory=None) -> Tensor:
+        return self.student.generate(
+            denoiser, z, cond, alphas_cumprod, self.adapter, self.alpha_T, trajectory=trajectory
+        )
+
+
+Sampler = OneStep | DDIM | Hybrid | StudentSampler
 
 
 def build_sampler(
