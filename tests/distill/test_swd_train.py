@@ -16,6 +16,7 @@ from wadi.data.teacher_samples import build_teacher_samples
 from wadi.testing import compose_config, tiny_backbone_config
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a red square"]
+PIPELINE = Path(__file__).resolve().parents[2] / "wadi" / "pipelines" / "swd_pipeline.py"
 
 
 def _cfg(tmp_path: Path, backbone: dict, samples: Path | None, *overrides: str):
@@ -71,6 +72,15 @@ def test_two_swd_steps_export_and_sample(tmp_path, kind, request):
     exported = load_generator(objects["merged"])(PROMPTS[:2], seeds)
     assert exported.shape == ours.shape == (2, 3, 16, 16)
     assert torch.allclose(exported, ours.cpu(), atol=2e-3)
+    # the diffusers custom pipeline (no wadi inside) samples the same images from the export
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(
+        objects["merged"], custom_pipeline=str(PIPELINE), trust_remote_code=True
+    )
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    images = pipe(PROMPTS[:2], generator=gens, output_type="pt").images
+    assert torch.allclose(images.float(), exported, atol=2e-3)
 
 
 def test_bad_schedules_fail_before_loading(tmp_path, tiny_pixart_dir):
