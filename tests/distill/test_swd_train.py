@@ -44,6 +44,7 @@ def _cfg(tmp_path: Path, backbone: dict, samples: Path | None, *overrides: str):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["unet", "pixart"])
 def test_two_swd_steps_export_and_sample(tmp_path, kind, request):
     from wadi.generation import load_generator
