@@ -131,3 +131,15 @@ def test_term_on_a_tiny_unet_gives_gradient_to_x0_only(tiny_sd_cfg):
     out = term.generator_loss(ctx, x0, cond, cond, torch.Generator().manual_seed(0), batch={"latents": real})
     out["loss"].backward()
     assert float(out["loss"].detach()) > 0 and x0.grad is not None and x0.grad.abs().sum() > 0
+
+
+def test_vsd_pdm_weight_adds_the_term_to_wadi():
+    from wadi.config import validate_train_config
+    from wadi.testing import compose_config
+
+    plain = validate_train_config(compose_config([]))
+    assert list(plain.method.losses) == ["vsd"]  # weight 0 (default): WaDi's terms as before
+    with_pdm = validate_train_config(compose_config(["vsd.pdm_weight=0.5"]))
+    assert list(with_pdm.method.losses) == ["vsd", "pdm"] and with_pdm.method.losses["pdm"].weight == 0.5
+    with pytest.raises(ConfigError, match="vsd.pdm_weight"):
+        validate_train_config(compose_config(["vsd.pdm_weight=inf"]))
