@@ -20,7 +20,7 @@ from wadi.backbones import Conditioning
 from wadi.backbones.loading import Backbone, BackboneConfig, load_backbone
 from wadi.distill.student import OneStepStudent
 from wadi.export import EXPORT_INFO
-from wadi.samplers import Sampler, build_sampler, seeded_noise
+from wadi.samplers import Sampler, StudentSampler, build_sampler, seeded_noise
 
 
 class Generator:
@@ -41,7 +41,8 @@ class Generator:
         compile: bool = False,
         student=None,
     ) -> None:
-        """`student`: a method's own student (TiUE's) instead of the one-step one; None: one step."""
+        """`student`: a method's own student (TiUE's loop-free, SwD's scale-wise) sampled when neither `steps` nor
+        `hybrid_k` is set; None: the one-step student."""
         self.backbone = backbone
         self.student = student
         self.hybrid_k = hybrid_k
@@ -83,6 +84,8 @@ class Generator:
     def sampler(self) -> Sampler:
         """The wadi.samplers sampler these settings ask for (`build_sampler`: the one flag dispatch)."""
         teacher = self.teacher.denoiser if self.teacher is not None else None
+        if self.student is not None and self.steps is None and self.hybrid_k == 0:
+            return StudentSampler(self.student, self.adapter, self.backbone.cfg.alpha_T)
         return build_sampler(
             self.steps,
             self.guidance_scale,
@@ -105,7 +108,12 @@ class Generator:
         dtype = next(bb.denoiser.parameters()).dtype
         embeds, mask = bb.text_encoder.encode(list(prompts))
         cond = Conditioning(embeds.to(dtype), mask)
-        z = seeded_noise(list(seeds), bb.latent_shape, self.device, dtype)
+        shape = (
+            bb.latent_shape
+            if not isinstance(sampler, StudentSampler)
+            else sampler.student.noise_shape(bb.latent_shape)
+        )
+        z = seeded_noise(list(seeds), shape, self.device, dtype)
         uncond = None
         if sampler.needs_uncond:
             null_embeds, null_mask = bb.text_encoder.encode([""])
@@ -226,11 +234,11 @@ def load_generator(
 
 # Students an export may name (`student.method` in its wadi_export.json): a fixed table, never a `_target_` read
 # from a file (an export is data, as a checkpoint is).
-EXPORT_STUDENTS = {"tiue": ("wadi.distill.tiue", "TiUEStudent")}
+EXPORT_STUDENTS = {"tiue": ("wadi.distill.tiue", "TiUEStudent"), "swd": ("wadi.distill.swd", "ScaleWiseStudent")}
 
 
 def student_from_export_info(info: Mapping) -> object | None:
-    """The student an export records (TiUE's), or None for the one-step student."""
+    """The student an export records (TiUE's, SwD's), or None for the one-step student."""
     student = info.get("student")
     if not student:
         return None

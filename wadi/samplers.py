@@ -178,7 +178,8 @@ class Hybrid:
 
 @dataclass
 class StudentSampler:
-    """A method's own student (`wadi.distill.student.Student`, e.g. TiUE's loop-free one) under `adapter`."""
+    """A method's own student (e.g. TiUE's loop-free or SwD's scale-wise student) run as a sampler under
+    `adapter`; its noise has the student's `noise_shape`."""
 
     student: object
     adapter: str | None = "generator"
@@ -187,10 +188,9 @@ class StudentSampler:
 
     @torch.no_grad()
     def __call__(self, denoiser, z, cond, uncond, alphas_cumprod, trajectory=None) -> Tensor:
-        x0 = self.student.generate(denoiser, z, cond, alphas_cumprod, self.adapter, self.alpha_T)
-        if trajectory is not None:
-            trajectory.append(x0)
-        return x0
+        return self.student.generate(
+            denoiser, z, cond, alphas_cumprod, self.adapter, self.alpha_T, trajectory=trajectory
+        )
 
 
 Sampler = OneStep | DDIM | Hybrid | StudentSampler

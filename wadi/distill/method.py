@@ -9,6 +9,11 @@ here, behind two small interfaces:
   distribution-matching loss) is one more entry under `method.losses` with its own `_target_` and `weight`.
   A term that reads what the student computed besides x0 (TiUE's KL on its noise maps) has `bind_student(student,
   key)`, called once here: it checks the student and keeps it.
+
+Optional, additive parts of the seam (a student or term without them works as before):
+- `uses_batch = True` on a student or a term: the module passes `batch=` (the training batch, e.g. its real
+  `latents`) and `step=` (the global step) as keywords to `generate` / `generator_loss` during training;
+- `enabled` False on a term (e.g. PDM at weight 0): the term is dropped when the method is built.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Method:
         self.name = name
         self.student: Student = _build(student) if student is not None else OneStepStudent()
         built = {k: _build(v) for k, v in (losses if losses is not None else {"vsd": VSDLoss()}).items()}
+        built = {k: t for k, t in built.items() if getattr(t, "enabled", True)}
         for key, term in built.items():
             if not (hasattr(term, "generator_loss") or hasattr(term, "fake_score_loss")):
                 raise ConfigError(

@@ -235,15 +235,29 @@ class WaDiModule(L.LightningModule):
         return self._embed_dtype()
 
     def generator_step(
-        self, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+        self,
+        cond: Conditioning,
+        uncond: Conditioning,
+        rng: torch.Generator,
+        batch: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
-        """Spec 3, generator: x0 = G(z, c) (the student), then each loss term's generator loss, summed."""
+        """Spec 3, generator: x0 = G(z, c) (the student), then each loss term's generator loss, summed. A student
+        or term with `uses_batch` also gets the batch and the global step (wadi.distill.method)."""
+        seen = {"batch": batch, "step": self.global_step}
         z = self._randn((len(cond), *self.student.noise_shape(self.backbone.latent_shape)), rng)
         x0 = self.student.generate(
-            self.denoiser, z, cond, self.alphas_cumprod, GENERATOR, self.backbone.cfg.alpha_T
+            self.denoiser,
+            z,
+            cond,
+            self.alphas_cumprod,
+            GENERATOR,
+            self.backbone.cfg.alpha_T,
+            **(seen if getattr(self.student, "uses_batch", False) else {}),
         )
         outputs = {
-            name: term.generator_loss(self, x0, cond, uncond, rng)
+            name: term.generator_loss(
+                self, x0, cond, uncond, rng, **(seen if getattr(term, "uses_batch", False) else {})
+            )
             for name, term in self.method.generator_terms
         }
         loss = combine([(self.method.losses[name].weight, out) for name, out in outputs.items()])
@@ -296,7 +310,7 @@ class WaDiModule(L.LightningModule):
         rng = self._rng()
         cond = self.conditioning(batch)
         uncond = self.null_conditioning(batch)
-        gen = self.generator_step(cond, uncond, rng)
+        gen = self.generator_step(cond, uncond, rng, batch)
         norm_g, stepped = self._optimize(
             opt_g, gen["loss"], self.generator_parameters(), self.generator_config.grad_clip, GENERATOR
         )

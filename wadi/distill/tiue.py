@@ -154,15 +154,19 @@ class TiUEStudent:
         alphas_cumprod: Tensor,
         adapter: str | None = "generator",
         alpha_T: float | None = None,
+        trajectory: list[Tensor] | None = None,
     ) -> Tensor:
-        """x0 = z_0 of the DDIM chain (float32). `alpha_T` (the one-step student's override at T) is not used: the
+        """x0 = z_0 of the DDIM chain (float32); `trajectory` (sampling) receives it. `alpha_T` (the one-step student's override at T) is not used: the
         chain reads alphas_cumprod at its own timesteps. The noise maps are kept for the KL term
         (`take_noise_maps`) when gradients are on."""
         eps = self.noise_maps(denoiser, z, cond, alphas_cumprod, adapter)
         ts = self.timesteps_for(alphas_cumprod.shape[0])
         if torch.is_grad_enabled():
             self._noise_maps = eps.flatten(0, 1)  # (K*B, C, H, W)
-        return ddim_chain(z, eps.unbind(0), [alphas_cumprod[t] for t in ts])
+        x0 = ddim_chain(z, eps.unbind(0), [alphas_cumprod[t] for t in ts])
+        if trajectory is not None:
+            trajectory.append(x0)
+        return x0
 
     def take_noise_maps(self) -> Tensor:
         """The K*B noise maps of the last generation with gradients (once: they are released)."""

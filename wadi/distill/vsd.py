@@ -43,6 +43,9 @@ class VSDConfig:
     gradient: str = "vsd"  # one of GRADIENTS
     uncond_prob: float = 0.1  # fake step: share of null prompts
     caption_drop: str = "sample"  # "sample": each prompt dropped on its own; "batch": the whole batch at once
+    pdm_weight: float = (
+        0.0  # not read by VSD: the weight of the method's PDM term (conf/method/*.yaml); 0: off
+    )
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | VSDConfig | None) -> VSDConfig:
@@ -79,6 +82,9 @@ class VSDConfig:
             raise bad("gradient", f"one of {sorted(GRADIENTS)}")
         if self.caption_drop not in CAPTION_DROP:
             raise bad("caption_drop", f"one of {list(CAPTION_DROP)}")
+        v = self.pdm_weight
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise bad("pdm_weight", "a finite number (0: no PDM term)")
         if not (isinstance(self.uncond_prob, int | float) and 0.0 <= self.uncond_prob <= 1.0):
             raise bad("uncond_prob", "a probability in [0, 1]")
 
