@@ -173,9 +173,9 @@ def test_kind_identity_step_and_merge(kind, tiny_sd_cfg):
     assert all(torch.equal(v, base[k]) for k, v in m.denoiser.state_dict().items())
 
 
-@pytest.mark.parametrize("kind", ["lora", "full"])  # DoRA runs through the same RoleLoraLinear as LoRA
-def test_gradient_checkpointing_recomputes_under_the_forward_role(kind, tiny_sd_cfg):
-    plain = module(tiny_sd_cfg, kind, fake=kind)
+def test_gradient_checkpointing_recomputes_under_the_forward_role(tiny_sd_cfg):
+    """LoRA on the generator, full fine-tuning on the fake score (DoRA runs through LoRA's RoleLoraLinear)."""
+    plain = module(tiny_sd_cfg, "lora", fake="full")
     randomize(plain.generator_parameters())
     randomize(plain.fake_score_parameters())
     ckpt = copy.deepcopy(plain)
@@ -343,3 +343,18 @@ def test_equal_budget_ranks_on_full_size_architectures(backbone, lorad_rank, exp
     assert {b.kind: (b.rank, b.count) for b in budgets} == expected
     assert all(b.target == expected["lorad"][1] for b in budgets)
     assert equal_budget(get_adapter("full"), [(4, 3, True)], 5).count == 15
+
+
+def test_dry_run_prints_the_equal_budget_rank_and_both_counts(capsys):
+    from wadi.testing import compose_config
+    from wadi.train import train
+
+    metrics, _ = train(compose_config(["backbone=toy", "rank=64", "generator.adapter=lora", "dry_run=true"]))
+    out = capsys.readouterr().out
+    assert (
+        "equal budget: generator.adapter=lora generator.rank=49 trains 1,251,264 parameters, LoRaD r=64 trains 1,239,040"
+        in out
+    )
+    assert (
+        metrics["parameters"]["generator"] == 64 * 1_251_264 // 49
+    )  # this run: LoRA at rank 64, r x sum(in + out)

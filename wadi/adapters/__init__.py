@@ -6,6 +6,8 @@ lorad.py     LoRaD: `LoRaDLinear` and the `LoRaD` adapter kind
 rotation.py  LoRaD's formula (W' from W, A, B); function.py: W' as one autograd node for training;
              kernels.py: its fused Triton kernels; prerotate.py: every layer's W' batched per pass
 context.py   what a forward pass binds: the role (adapter name) and the pass's rotation state
+lora.py      LoRA and DoRA (peft's LoraLayer, its active adapter bridged to the role); full.py: full fine-tuning
+             (a per-role trainable copy); budget.py: each kind's rank at an equal trainable budget
 """
 
 from wadi.adapters.base import ADAPTERS, Adapter, get_adapter, register_adapter
