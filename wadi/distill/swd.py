@@ -216,6 +216,7 @@ class ScaleWiseStudent:
         )
         self.scales = [int(s) for s in scales]
         self.timesteps = None if timesteps is None else [int(t) for t in timesteps]
+        self._auto: list[int] | None = None  # the SNR-matched timesteps, once resolved
 
     @property
     def steps(self) -> int:
@@ -223,7 +224,11 @@ class ScaleWiseStudent:
 
     def resolved_timesteps(self, alphas_cumprod: Tensor) -> list[int]:
         """The timesteps given, or the SNR-matched defaults of this schedule; refused if beyond it."""
-        ts = self.timesteps if self.timesteps is not None else default_timesteps(alphas_cumprod, self.steps)
+        ts = self.timesteps
+        if ts is None:  # resolved once: a student's schedule does not change
+            if self._auto is None:
+                self._auto = default_timesteps(alphas_cumprod, self.steps)
+            ts = self._auto
         if ts[0] > alphas_cumprod.shape[0] - 1:
             raise ConfigError(
                 f"swd.timesteps={ts}: {ts[0]} is beyond the schedule's last timestep {alphas_cumprod.shape[0] - 1}"
