@@ -36,6 +36,7 @@ from torch import Tensor
 from wadi.backbones.conditioning import Conditioning
 from wadi.config import ConfigError
 from wadi.diffusion import add_noise, generator_schedule, x0_from_eps
+from wadi.distill.vsd import VSDLoss
 
 # The official 4-step flow-matching sigmas (SD3.5 medium: boundaries 0, 7, 14, 18 of 28 steps, shift 3).
 OFFICIAL_SIGMAS = (1.0, 0.896, 0.737, 0.602)
@@ -332,6 +333,28 @@ def student_from_info(info: Mapping[str, Any]):
     if info["kind"] == "scalewise":
         return ScaleWiseStudent(info["scales"], info["timesteps"], int(info["latent_size"]))
     raise ValueError(f"unknown student kind {info['kind']!r} in the export's metadata")
+
+
+class ScaleWiseDMD(VSDLoss):
+    """DMD for the scale-wise student: VSDLoss whose generator-side noise level is at most the trained scale's
+    timestep t_k (the official `dmd_loss` draws it from the scale's boundary on down); `cap=False`: vsd.t_min..t_max
+    as in WaDi. The fake score's loss is VSDLoss's own (every noise level, as the official)."""
+
+    uses_batch = True  # reads the global step (the trained scale) and the module's student
+
+    def __init__(self, config=None, weight: float = 1.0, cap: bool = True) -> None:
+        super().__init__(config, weight)
+        self.cap = bool(cap)
+
+    def generator_loss(self, ctx, x0, cond, uncond, rng, *, batch=None, step=None):
+        t_max = None
+        student = getattr(ctx, "student", None)
+        if self.cap and isinstance(student, ScaleWiseStudent):
+            t_max = student.resolved_timesteps(ctx.alphas_cumprod)[student.scale_of_step(step or 0)]
+        return super().generator_loss(ctx, x0, cond, uncond, rng, t_max=t_max)
+
+    def __repr__(self) -> str:
+        return f"ScaleWiseDMD({self.config}, cap={self.cap})"
 
 
 class GANHead:

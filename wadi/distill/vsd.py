@@ -118,12 +118,20 @@ class VSDLoss:
         return self.config.fake_steps
 
     def generator_loss(
-        self, ctx: StepContext, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+        self,
+        ctx: StepContext,
+        x0: Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
+        rng: torch.Generator,
+        t_max: int | None = None,
     ) -> dict[str, Tensor]:
-        """Spec 3, generator: g from the real and fake scores (vsd.gradient); loss with gradient g/numel."""
+        """Spec 3, generator: g from the real and fake scores (vsd.gradient); loss with gradient g/numel.
+        `t_max` caps vsd.t_max (SwD: the current scale's timestep); None: vsd.t_max."""
         vsd = self.config
         ac = ctx.alphas_cumprod
-        t = torch.randint(vsd.t_min, vsd.t_max + 1, (x0.shape[0],), generator=rng, device=ctx.device)
+        high = vsd.t_max if t_max is None else min(vsd.t_max, int(t_max))
+        t = torch.randint(min(vsd.t_min, high), high + 1, (x0.shape[0],), generator=rng, device=ctx.device)
         eps = ctx.randn(tuple(x0.shape), rng)
         x_t = add_noise(x0.detach(), eps, ac, t).to(ctx.embed_dtype())
         with torch.no_grad():
