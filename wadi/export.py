@@ -194,10 +194,9 @@ def export_merged(
         "sampling": "one step: num_inference_steps=1, guidance_scale=1.0",
         "dtype": _dtype_name(dtype),
     }
+    # a few-step student (SwD) records its scales and timesteps, which wadi.generation reads back
     student_info = getattr(module.student, "export_info", None)
-    if (
-        student_info is not None
-    ):  # a few-step student (SwD): its scales and timesteps, read back by wadi.generation
+    if student_info is not None:
         info["student"] = student_info(module.alphas_cumprod)
         info["sampling"] = (
             "the student's own sampler (wadi.generation.load_generator, wadi/pipelines/swd_pipeline.py); "

@@ -43,9 +43,8 @@ class VSDConfig:
     gradient: str = "vsd"  # one of GRADIENTS
     uncond_prob: float = 0.1  # fake step: share of null prompts
     caption_drop: str = "sample"  # "sample": each prompt dropped on its own; "batch": the whole batch at once
-    pdm_weight: float = (
-        0.0  # not read by VSD: the weight of the method's PDM term (conf/method/*.yaml); 0: off
-    )
+    # not read by VSD: the weight of the method's PDM term (conf/method/wadi.yaml); 0: off
+    pdm_weight: float = 0.0
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | VSDConfig | None) -> VSDConfig:
