@@ -24,6 +24,7 @@ def make_teacher_samples(cfg: DictConfig) -> Path:
     from hydra.utils import instantiate
 
     from wadi.backbones import load_backbone
+    from wadi.data.cache import parse_dtype
     from wadi.data.teacher_samples import SOURCES, build_teacher_samples
 
     n = cfg.n
@@ -46,7 +47,8 @@ def make_teacher_samples(cfg: DictConfig) -> Path:
         raise ConfigError(f"n={n}: the dataset has only {len(prompts)} prompts")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
-    backbone = load_backbone(backbone_cfg, load_vae=cfg.source == "renders").to(device).eval()
+    dtype = parse_dtype(cfg.get("model_dtype"), torch.float32)
+    backbone = load_backbone(backbone_cfg, dtype=dtype, load_vae=cfg.source == "renders").to(device).eval()
     out = build_teacher_samples(
         backbone,
         prompts[:n],

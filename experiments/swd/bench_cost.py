@@ -12,6 +12,7 @@ median latency of generator + decode at batch 1 and 32 (CUDA-synchronised wall t
 
     python experiments/swd/bench_cost.py --out experiments/swd/results/cost.json      # GPU
     python experiments/swd/bench_cost.py --tiny                                         # CPU smoke (tiny models)
+    python experiments/swd/bench_cost.py --meta                                         # FLOPs only, CPU, no weights
 """
 
 from __future__ import annotations
@@ -174,11 +175,57 @@ def measure(
     return rows
 
 
+def meta_flops(name: str, spec: tuple) -> list[dict]:
+    """FLOPs per image without running anything: one denoiser forward per latent size on the meta device
+    (torch's flop counter reads shapes only), summed over each student's steps; the VAE decode at full size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wadi.backbones.conditioning import Conditioning
+    from wadi.distill.swd import default_scales
+
+    kind, _, latent, length, width, _ = spec
+    denoiser, vae = build(name, spec, torch.device("meta"), torch.bfloat16)
+    embeds = torch.zeros(1, length, width, device="meta", dtype=torch.bfloat16)
+    mask = torch.ones(1, length, device="meta", dtype=torch.long) if kind == "pixart" else None
+    cond = Conditioning(embeds, mask)
+    scales = default_scales(latent, 4, 2 if kind == "pixart" else 1)
+
+    def count(fn) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
+    per_size = {}
+    for s in sorted(set(scales)):
+        x = torch.zeros(1, 4, s, s, device="meta", dtype=torch.bfloat16)
+        t = torch.zeros(1, device="meta", dtype=torch.long)
+        # the kind-specific call itself (the wrapper asks autocast about the device, which meta has not)
+        per_size[s] = count(lambda x=x, t=t: denoiser._eps(denoiser.model, x, t, cond))
+    z = torch.zeros(1, 4, latent, latent, device="meta", dtype=torch.bfloat16)
+    decode = count(lambda: vae.decode(z, return_dict=False))
+    full = per_size[latent]
+    students = {"swd_4step": sum(per_size[s] for s in scales), "full_4step": 4 * full, "one_step": full}
+    rows = []
+    for label, gflops in students.items():
+        row = {
+            "arch": name,
+            "student": label,
+            "gflops_generator": gflops,
+            "gflops_decode": decode,
+            "meta": True,
+        }
+        if label == "swd_4step":
+            row |= {"scales": scales, "gflops_per_scale": [per_size[s] for s in scales]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def table(rows: list[dict], batches: list[int]) -> str:
-    head = "| arch | student | GFLOPs generator | GFLOPs decode | " + " | ".join(
-        f"ms batch {b} (per image)" for b in batches
+    head = "| arch | student | GFLOPs generator | GFLOPs decode |" + "".join(
+        f" ms batch {b} (per image) |" for b in batches
     )
-    lines = [head + " |", "|" + "---|" * (4 + len(batches))]
+    lines = [head, "|" + "---|" * (4 + len(batches))]
     for r in rows:
         cells = [
             f"{r[f'latency_ms_b{b}']:.1f} ({r[f'ms_per_image_b{b}']:.2f})"
@@ -187,9 +234,8 @@ def table(rows: list[dict], batches: list[int]) -> str:
             for b in batches
         ]
         lines.append(
-            f"| {r['arch']} | {r['student']} | {r['gflops_generator']:.4g} | {r['gflops_decode']:.4g} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {r['arch']} | {r['student']} | {r['gflops_generator']:.4g} | {r['gflops_decode']:.4g} |"
+            + "".join(f" {c} |" for c in cells)
         )
     return "\n".join(lines)
 
@@ -202,6 +248,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON file for the rows")
+    parser.add_argument(
+        "--meta", action="store_true", help="FLOPs only, full-size models on the meta device (CPU)"
+    )
     args = parser.parse_args(argv)
     specs = TINY if args.tiny else ARCHS
     names = args.archs or list(specs)
@@ -214,11 +263,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     rows = []
-    for name in names:
-        rows += measure(name, specs[name], device, dtype, batches, repeats, warmup)
+    if args.meta:
+        batches = []
+        for name in names:
+            rows += meta_flops(name, specs[name])
+    else:
+        for name in names:
+            rows += measure(name, specs[name], device, dtype, batches, repeats, warmup)
     meta = {
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": "meta (shapes only)"
+        if args.meta
+        else torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else "cpu",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     if args.out:
         out = Path(args.out)

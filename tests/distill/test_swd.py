@@ -185,3 +185,32 @@ def test_gan_head_only_as_zero_and_export_info_round_trips():
     info = student.export_info(AC)
     again = student_from_info(info)
     assert (again.scales, again.timesteps) == (student.scales, student.resolved_timesteps(AC))
+
+
+class _RecordingScores:
+    """A denoiser stand-in for VSD's two score passes: eps = 0, records the timesteps."""
+
+    def __init__(self):
+        self.ts: list[int] = []
+
+    def cfg(self, x_t, t, cond, uncond, scale, adapter):
+        self.ts += t.tolist()
+        return torch.zeros_like(x_t)
+
+
+def test_dmd_noise_is_capped_at_the_trained_scales_timestep():
+    from wadi.distill.swd import ScaleWiseDMD
+
+    student = ScaleWiseStudent([4, 6, 8], [999, 500, 250], latent_size=8)
+    ctx = type("Ctx", (), {})()
+    ctx.student, ctx.alphas_cumprod, ctx.device = student, AC, torch.device("cpu")
+    ctx.randn = lambda shape, rng: torch.randn(shape, generator=rng)
+    ctx.embed_dtype = lambda: torch.float32
+    ctx.fake_score_adapter = "fake_score"
+    x0 = torch.randn(64, 4, 6, 6)
+    for cap, step, bound in ((True, 1, 500), (True, 2, 250), (True, 3, 980), (False, 2, 980)):
+        ctx.denoiser = _RecordingScores()
+        term = ScaleWiseDMD({"gradient": "dmd"}, cap=cap)
+        term.generator_loss(ctx, x0, None, None, torch.Generator().manual_seed(0), batch={}, step=step)
+        assert max(ctx.denoiser.ts) <= bound and min(ctx.denoiser.ts) >= 20
+        assert max(ctx.denoiser.ts) > bound - 100  # drawn up to the cap, not below it

@@ -36,6 +36,7 @@ from torch import Tensor
 from wadi.backbones.conditioning import Conditioning
 from wadi.config import ConfigError
 from wadi.diffusion import add_noise, generator_schedule, x0_from_eps
+from wadi.distill.vsd import VSDLoss
 
 # The official 4-step flow-matching sigmas (SD3.5 medium: boundaries 0, 7, 14, 18 of 28 steps, shift 3).
 OFFICIAL_SIGMAS = (1.0, 0.896, 0.737, 0.602)
@@ -216,6 +217,7 @@ class ScaleWiseStudent:
         )
         self.scales = [int(s) for s in scales]
         self.timesteps = None if timesteps is None else [int(t) for t in timesteps]
+        self._auto: list[int] | None = None  # the SNR-matched timesteps, once resolved
 
     @property
     def steps(self) -> int:
@@ -223,7 +225,11 @@ class ScaleWiseStudent:
 
     def resolved_timesteps(self, alphas_cumprod: Tensor) -> list[int]:
         """The timesteps given, or the SNR-matched defaults of this schedule; refused if beyond it."""
-        ts = self.timesteps if self.timesteps is not None else default_timesteps(alphas_cumprod, self.steps)
+        ts = self.timesteps
+        if ts is None:  # resolved once: a student's schedule does not change
+            if self._auto is None:
+                self._auto = default_timesteps(alphas_cumprod, self.steps)
+            ts = self._auto
         if ts[0] > alphas_cumprod.shape[0] - 1:
             raise ConfigError(
                 f"swd.timesteps={ts}: {ts[0]} is beyond the schedule's last timestep {alphas_cumprod.shape[0] - 1}"
@@ -339,6 +345,28 @@ def student_from_info(info: Mapping[str, Any]):
     if info["kind"] == "scalewise":
         return ScaleWiseStudent.from_export_info(info)
     raise ValueError(f"unknown student kind {info['kind']!r} in the export's metadata")
+
+
+class ScaleWiseDMD(VSDLoss):
+    """DMD for the scale-wise student: VSDLoss whose generator-side noise level is at most the trained scale's
+    timestep t_k (the official `dmd_loss` draws it from the scale's boundary on down); `cap=False`: vsd.t_min..t_max
+    as in WaDi. The fake score's loss is VSDLoss's own (every noise level, as the official)."""
+
+    uses_batch = True  # reads the global step (the trained scale) and the module's student
+
+    def __init__(self, config=None, weight: float = 1.0, cap: bool = True) -> None:
+        super().__init__(config, weight)
+        self.cap = bool(cap)
+
+    def generator_loss(self, ctx, x0, cond, uncond, rng, *, batch=None, step=None):
+        t_max = None
+        student = getattr(ctx, "student", None)
+        if self.cap and isinstance(student, ScaleWiseStudent):
+            t_max = student.resolved_timesteps(ctx.alphas_cumprod)[student.scale_of_step(step or 0)]
+        return super().generator_loss(ctx, x0, cond, uncond, rng, t_max=t_max)
+
+    def __repr__(self) -> str:
+        return f"ScaleWiseDMD({self.config}, cap={self.cap})"
 
 
 class GANHead:

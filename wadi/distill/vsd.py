@@ -43,9 +43,8 @@ class VSDConfig:
     gradient: str = "vsd"  # one of GRADIENTS
     uncond_prob: float = 0.1  # fake step: share of null prompts
     caption_drop: str = "sample"  # "sample": each prompt dropped on its own; "batch": the whole batch at once
-    pdm_weight: float = (
-        0.0  # not read by VSD: the weight of the method's PDM term (conf/method/*.yaml); 0: off
-    )
+    # not read by VSD: the weight of the method's PDM term (conf/method/wadi.yaml); 0: off
+    pdm_weight: float = 0.0
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | VSDConfig | None) -> VSDConfig:
@@ -118,12 +117,20 @@ class VSDLoss:
         return self.config.fake_steps
 
     def generator_loss(
-        self, ctx: StepContext, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+        self,
+        ctx: StepContext,
+        x0: Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
+        rng: torch.Generator,
+        t_max: int | None = None,
     ) -> dict[str, Tensor]:
-        """Spec 3, generator: g from the real and fake scores (vsd.gradient); loss with gradient g/numel."""
+        """Spec 3, generator: g from the real and fake scores (vsd.gradient); loss with gradient g/numel.
+        `t_max` caps vsd.t_max (SwD: the current scale's timestep); None: vsd.t_max."""
         vsd = self.config
         ac = ctx.alphas_cumprod
-        t = torch.randint(vsd.t_min, vsd.t_max + 1, (x0.shape[0],), generator=rng, device=ctx.device)
+        high = vsd.t_max if t_max is None else min(vsd.t_max, int(t_max))
+        t = torch.randint(min(vsd.t_min, high), high + 1, (x0.shape[0],), generator=rng, device=ctx.device)
         eps = ctx.randn(tuple(x0.shape), rng)
         x_t = add_noise(x0.detach(), eps, ac, t).to(ctx.embed_dtype())
         with torch.no_grad():
