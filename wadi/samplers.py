@@ -187,10 +187,9 @@ class StudentSampler:
 
     @torch.no_grad()
     def __call__(self, denoiser, z, cond, uncond, alphas_cumprod, trajectory=None) -> Tensor:
-        x0 = self.student.generate(denoiser, z, cond, alphas_cumprod, self.adapter, self.alpha_T)
-        if trajectory is not None:
-            trajectory.append(x0)
-        return x0
+        return self.student.generate(
+            denoiser, z, cond, alphas_cumprod, self.adapter, self.alpha_T, trajectory=trajectory
+        )
 
 
 Sampler = OneStep | DDIM | Hybrid | StudentSampler
