@@ -59,6 +59,7 @@ def test_tiue_trains_exports_and_reloads(tmp_path, tiny_sd_dir):
     info = json.loads((merged / "wadi_export.json").read_text())
     assert info["method"] == "tiue" and info["student"] == {
         "method": "tiue",
+        "kind": "tiue",
         "k": 3,
         "timesteps": [667, 334, 1],
     }
@@ -67,7 +68,9 @@ def test_tiue_trains_exports_and_reloads(tmp_path, tiny_sd_dir):
     ours = module.generate_latents(PROMPTS, [1, 2, 3])  # the EMA weights, as the export
     gen = load_generator(merged)
     assert type(gen.sampler).__name__ == "StudentSampler"
-    from_export = gen.latents(PROMPTS, [1, 2, 3])
+    frames: list[torch.Tensor] = []
+    from_export = gen.latents(PROMPTS, [1, 2, 3], trajectory=frames)
+    assert len(frames) == 3 and torch.equal(frames[-1], from_export)  # each step's x0, the last is z_0
     assert torch.allclose(ours, from_export, atol=1e-4), (ours - from_export).abs().max()
     one = gen.latents(PROMPTS[2:], [3])  # batch-size independent: a batch of 3 and of 1
     assert torch.allclose(from_export[2:], one, atol=1e-5)

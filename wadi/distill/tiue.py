@@ -154,19 +154,20 @@ class TiUEStudent:
         alphas_cumprod: Tensor,
         adapter: str | None = "generator",
         alpha_T: float | None = None,
+        *,
+        batch: Any = None,
+        step: int | None = None,
         trajectory: list[Tensor] | None = None,
     ) -> Tensor:
-        """x0 = z_0 of the DDIM chain (float32); `trajectory` (sampling) receives it. `alpha_T` (the one-step student's override at T) is not used: the
+        """x0 = z_0 of the DDIM chain (float32). `alpha_T` (the one-step student's override at T) is not used: the
         chain reads alphas_cumprod at its own timesteps. The noise maps are kept for the KL term
-        (`take_noise_maps`) when gradients are on."""
+        (`take_noise_maps`) when gradients are on. `trajectory`: each step's predicted x0 is appended. `batch` and
+        `step` (what a module may pass a student) are not used."""
         eps = self.noise_maps(denoiser, z, cond, alphas_cumprod, adapter)
         ts = self.timesteps_for(alphas_cumprod.shape[0])
         if torch.is_grad_enabled():
             self._noise_maps = eps.flatten(0, 1)  # (K*B, C, H, W)
-        x0 = ddim_chain(z, eps.unbind(0), [alphas_cumprod[t] for t in ts])
-        if trajectory is not None:
-            trajectory.append(x0)
-        return x0
+        return ddim_chain(z, eps.unbind(0), [alphas_cumprod[t] for t in ts], trajectory)
 
     def take_noise_maps(self) -> Tensor:
         """The K*B noise maps of the last generation with gradients (once: they are released)."""
@@ -180,7 +181,12 @@ class TiUEStudent:
     # ----------------------------------------------------------------- export (wadi.export, wadi.generation)
     def export_info(self, alphas_cumprod: Tensor) -> dict[str, Any]:
         """What an export records to rebuild this student (`from_export_info`): method, k, resolved timesteps."""
-        return {"method": "tiue", "k": self.k, "timesteps": self.timesteps_for(alphas_cumprod.shape[0])}
+        return {
+            "method": "tiue",
+            "kind": "tiue",  # the key other few-step students' export entries dispatch on
+            "k": self.k,
+            "timesteps": self.timesteps_for(alphas_cumprod.shape[0]),
+        }
 
     @classmethod
     def from_export_info(cls, info: dict[str, Any]) -> TiUEStudent:

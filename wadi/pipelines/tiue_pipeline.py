@@ -201,14 +201,19 @@ def unet_decode(unet, features: UNetFeatures, timesteps: Tensor) -> Tensor:
     return unet.conv_out(sample)
 
 
-def ddim_chain(z: Tensor, eps: Sequence[Tensor], abars: Sequence[float | Tensor]) -> Tensor:
+def ddim_chain(
+    z: Tensor, eps: Sequence[Tensor], abars: Sequence[float | Tensor], x0s: list[Tensor] | None = None
+) -> Tensor:
     """z_0 of the deterministic DDIM (eta 0) chain from z at t_1 with eps_1..eps_K, abar_k = alphas_cumprod[t_k];
-    the last step goes to the clean latent (abar = 1). float32. The same chain as wadi.diffusion.ddim_step."""
+    the last step goes to the clean latent (abar = 1). float32. The same chain as wadi.diffusion.ddim_step.
+    Each step's predicted x0 is appended to `x0s` when given (the last one is z_0)."""
     x = z.float()
     x0 = x
     for k, (e, abar) in enumerate(zip(eps, abars, strict=True)):
         a = torch.as_tensor(abar, dtype=torch.float32, device=x.device)
         x0 = (x - (1 - a).sqrt() * e.float()) / a.sqrt()
+        if x0s is not None:
+            x0s.append(x0)
         if k + 1 < len(abars):
             a_prev = torch.as_tensor(abars[k + 1], dtype=torch.float32, device=x.device)
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e.float()
