@@ -234,7 +234,10 @@ def load_generator(
 
 # Students an export may name (`student.method` in its wadi_export.json): a fixed table, never a `_target_` read
 # from a file (an export is data, as a checkpoint is).
-EXPORT_STUDENTS = {"tiue": ("wadi.distill.tiue", "TiUEStudent"), "swd": ("wadi.distill.swd", "ScaleWiseStudent")}
+EXPORT_STUDENTS = {
+    "tiue": ("wadi.distill.tiue", "TiUEStudent"),
+    "swd": ("wadi.distill.swd", "ScaleWiseStudent"),
+}
 
 
 def student_from_export_info(info: Mapping) -> object | None:
