@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from wadi.analysis.compare import analyze_weights
 from wadi.analysis.trajectory import analyze_trajectory
 from wadi.config import CONF_DIR  # (importing wadi.config registers the resolvers)
+from wadi.generation import prompt_list
 
 COMMANDS = ("weights", "trajectory")
 
@@ -59,7 +60,7 @@ def _run(cfg: DictConfig) -> None:
             raise ValueError("wadi.analyze trajectory needs model=<dir or .ckpt>")
         paths = analyze_trajectory(
             cfg.model,
-            list(cfg.prompts),
+            prompt_list(cfg.prompts),  # a string is one prompt, not one per character
             cfg.out,
             steps=cfg.steps,
             teacher_steps=cfg.teacher_steps,

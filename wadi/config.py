@@ -35,6 +35,19 @@ def check_keys(cfg: Mapping[str, Any], known: Iterable[str], node: str) -> None:
 CONF_DIR = _find_conf_dir()
 
 
+def null_group_overrides(overrides: Iterable[str], conf_dir: Path | None = None) -> list[str]:
+    """`group=null` on the command line turns a config group off, as `~group` does (Hydra itself refuses a null
+    group override: "Config group override must be a string or a list"). Other overrides pass unchanged."""
+    conf_dir = CONF_DIR if conf_dir is None else Path(conf_dir)
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and value.strip() == "null" and key.isidentifier() and (conf_dir / key).is_dir():
+            arg = f"~{key}"
+        out.append(arg)
+    return out
+
+
 def _precision() -> str:
     """bf16-mixed on a CUDA device, full fp32 on CPU."""
     import torch

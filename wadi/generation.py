@@ -243,6 +243,27 @@ def load_module_from_checkpoint(path: str | Path):
     return module
 
 
+def prompt_list(value, key: str = "prompts") -> list[str]:
+    """The prompts of a command's `prompts=` value: a string is ONE prompt (`prompts="a red circle"`), not one per
+    character; a list gives one prompt per entry. Empty values raise a ConfigError naming `key`."""
+    from wadi.config import ConfigError
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(
+            f"{key}={value!r}: expected one prompt (prompts='a red circle') or a list "
+            '(prompts=\'["a red circle","a blue star"]\')'
+        )
+    prompts = [" ".join(str(p).split()) if isinstance(p, str | int | float) else None for p in value]
+    bad = [value[i] for i, p in enumerate(prompts) if not p]
+    if bad:
+        raise ConfigError(f"{key}: {bad[0]!r} is not a prompt (expected a non-empty string)")
+    return prompts
+
+
 def generator_from_config(generation: Mapping, device: str | torch.device = "cpu") -> Generator:
     """`load_generator` from a `generation` config node (conf/generation/default.yaml): `model` and the
     sampling options (teacher_steps, guidance_scale, hybrid_k, schedule_steps, teacher_guidance, teacher,

@@ -100,6 +100,17 @@ def _instantiate_plain(config, **kwargs):
         raise
 
 
+def check_prompts(datamodule) -> None:
+    """Read the training prompts now (they load lazily otherwise, after the model): a missing, unreadable or
+    mostly malformed prompt file becomes one ConfigError naming `dataset.source`."""
+    if not hasattr(datamodule, "prompts"):
+        return
+    try:
+        datamodule.prompts()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"dataset.source: {err}") from None
+
+
 def build_module(cfg: DictConfig, **kwargs):
     """The configured module; its nested nodes (method, optimizer) are built by the module, and `kwargs`
     (text_encoder, run_config) pass through as given."""
@@ -133,10 +144,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # The frozen text encoder and VAE stay in eval mode on purpose (no dropout in the teacher's parts).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
+    check_prompts(datamodule)  # a missing or malformed prompt file fails here, before any model loads
     runs.prepare_run_dir(cfg, run_dir, ckpt_path)  # no mixed runs; a refused resume leaves config.yaml as is
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
     # With a text-embedding cache the module is given the cache as its text encoder, and the backbone's is never
     # loaded (T5-XXL alone is ~9.5 GB in fp16).
     text_encoder = datamodule.text_encoder() if hasattr(datamodule, "text_encoder") else None
@@ -189,13 +201,19 @@ def _whole_copy(cfg: DictConfig, module):
 
 
 @hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
     except ConfigError as err:  # a user's mistake: one paragraph, no traceback
         print(f"wadi.train: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
     return metrics.get("train/loss_generator")
+
+
+def main() -> float | None:
+    """`python -m wadi.train [overrides]`; `eval=null` (any `group=null`) turns that group off, as `~eval` does."""
+    sys.argv[1:] = wadi.config.null_group_overrides(sys.argv[1:])
+    return _main()
 
 
 if __name__ == "__main__":
