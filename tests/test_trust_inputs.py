@@ -82,7 +82,15 @@ def test_mostly_malformed_prompt_file_is_refused(tmp_path):
 
 def _train_cfg(tmp_path, *overrides):
     return compose_config(
-        ["logger=csv", "trainer=cpu", "eval=null", f"run_dir={tmp_path / 'run'}", "max_steps=2", *overrides]
+        [
+            "logger=csv",
+            "trainer=cpu",
+            "eval=null",
+            "dataset.num_prompts=64",
+            f"run_dir={tmp_path / 'run'}",
+            "max_steps=2",
+            *overrides,
+        ]
     )
 
 

@@ -12,6 +12,9 @@ checkpoints go.
   ended with last.ckpt at step 100).
 - `with_run_checkpoint`: with no checkpoint callback configured (`callbacks=none`), checkpoints still go to
   `<run_dir>/checkpoints/` (where `ckpt_path=last` looks) instead of the logger's `csv/version_0/checkpoints/`.
+- `resolve_ckpt_path`: `last`, `auto` or a path, local or fsspec (s3://, gs://, memory://).
+- `ConfiguredLearningRates`: a resume trains at the learning rates of this run's config (the ones its
+  config.yaml records), not at those stored in the checkpoint's optimizer state.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -65,16 +68,43 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | Path, ckpt_path: str | None)
     check_resume_compatible(cfg, ckpt_path)
 
 
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
+    """None (fresh run), "last" (<run_dir>/checkpoints/last.ckpt, which must exist), "auto" (last.ckpt if it
+    exists, else a fresh run: what a requeued cluster job wants), or a checkpoint path: local or any fsspec URL
+    (s3://bucket/run/last.ckpt, gs://, memory://), as Lightning's checkpoint IO reads them."""
+    from fsspec.core import url_to_fs
+
+    if ckpt_path in (None, "", "null"):
+        return None
+    last = f"{str(run_dir).rstrip('/')}/{CHECKPOINT_DIR}/last.ckpt"
+    path = last if ckpt_path in ("auto", "last") else str(ckpt_path)
+    fs, inner = url_to_fs(path)
+    found = fs.isfile(inner)
+    if ckpt_path == "auto":
+        return path if found else None
+    if not found:
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
+    return path
+
+
 def check_resume_compatible(cfg: DictConfig, ckpt_path: str | Path) -> None:
     """The checkpoint's backbone / rank / fake_rank / EMA against this run's config (read, not built)."""
     import torch
 
+    from wadi.callbacks.checkpoint_io import local_path
     from wadi.distill.module import check_checkpoint_compatible
 
-    try:  # mmap: only the small "wadi" entry is read from disk
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file (mmap needs one): read it whole
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    local = local_path(ckpt_path)
+    if local is None:  # s3://, gs://, ...: read through fsspec, as Lightning will
+        import fsspec
+
+        with fsspec.open(str(ckpt_path), "rb") as f:
+            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    else:
+        try:  # mmap: only the small "wadi" entry is read from disk
+            checkpoint = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file (mmap needs one): read it whole
+            checkpoint = torch.load(local, map_location="cpu", weights_only=True)
     try:
         check_checkpoint_compatible(
             checkpoint,
@@ -107,3 +137,29 @@ def with_run_checkpoint(callbacks: list, run_dir: str | Path, cfg: DictConfig) -
     if trainer is not None and trainer.get("enable_checkpointing") is False:
         return callbacks
     return [*callbacks, RunCheckpoint(dirpath=str(Path(run_dir) / CHECKPOINT_DIR), save_last=True)]
+
+
+class ConfiguredLearningRates(Callback):
+    """A resumed run trains at the learning rates it is configured with.
+
+    Lightning restores the optimizer state after `configure_optimizers`, and with it the checkpoint's
+    `param_groups[i]["lr"]`: `ckpt_path=last lr=<new>` recorded the new lr in config.yaml but trained at the old
+    one. The configured rates are read at fit start (after `configure_optimizers`, before the restore) and set
+    again when training starts; each change is printed once.
+    """
+
+    def __init__(self) -> None:
+        self.configured: list[list[float]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.configured = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for i, (opt, rates) in enumerate(zip(trainer.optimizers, self.configured)):
+            for group, lr in zip(opt.param_groups, rates):
+                if group["lr"] != lr:
+                    if trainer.is_global_zero:
+                        print(
+                            f"wadi: resume: optimizer {i} lr {group['lr']:g} (checkpoint) -> {lr:g} (this run's config)"
+                        )
+                    group["lr"] = lr

@@ -74,17 +74,10 @@ def resolve_run_dir(cfg: DictConfig) -> str:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str) -> str | None:
-    """None (fresh run), "last" (<run_dir>/checkpoints/last.ckpt, which must exist), "auto" (last.ckpt if it
-    exists, else a fresh run: what a requeued cluster job wants), or a checkpoint path."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if ckpt_path == "auto":
-        return str(last) if last.is_file() else None
-    path = last if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
-    return str(path)
+    """wadi.runs.resolve_ckpt_path (kept here: scripts import it from wadi.train)."""
+    from wadi.runs import resolve_ckpt_path as resolve
+
+    return resolve(ckpt_path, run_dir)
 
 
 def _instantiate_plain(config, **kwargs):
@@ -158,6 +151,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         callbacks.append(instantiate(cfg.eval_callback, evaluator=cfg.eval))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = runs.with_run_checkpoint(callbacks, run_dir, cfg)  # checkpoints in <run_dir>/checkpoints
+    callbacks.append(runs.ConfiguredLearningRates())  # a resume with a new lr trains at it
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
