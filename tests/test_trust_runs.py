@@ -59,6 +59,8 @@ def test_resume_from_memory_url_trains_at_the_new_lr(tmp_path, tiny_sd_dir, caps
     first = tmp_path / "first"
     train(_cfg(first, tiny_sd_dir, "lr=1e-3", "fake_lr=1e-2"))
     assert _lrs(str(first / "checkpoints" / "last.ckpt")) == [1e-3, 1e-2]
+    hparams = OmegaConf.load(first / "csv" / "version_0" / "hparams.yaml")  # the logger got the whole config
+    assert hparams.max_steps == 1 and hparams.dataset.num_prompts == 64 and hparams.run_dir == str(first)
 
     url = "memory://wadi-trust/remote/last.ckpt"  # the run's checkpoint on a remote-style filesystem
     with fsspec.open(url, "wb") as f:

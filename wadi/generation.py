@@ -163,7 +163,8 @@ def load_generator(
     """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir.
 
     hybrid_k > 0: hybrid sampling, the teacher's first k of `schedule_steps` DDIM steps then the student. A
-    checkpoint carries its teacher (the adapter-free base); a merged export needs `teacher=<dir>`.
+    checkpoint carries its teacher (the adapter-free base); a merged export records its teacher's directory (an
+    older one, or a moved teacher, needs `teacher=<dir>`).
     compile: torch.compile the denoiser and VAE decoder once on `device` (`Generator.compile`).
     """
     hybrid = {"hybrid_k": hybrid_k, "schedule_steps": schedule_steps, "teacher_guidance": teacher_guidance}
@@ -192,9 +193,17 @@ def load_generator(
     backbone.eval()
     teacher_bb = None
     if hybrid_k > 0:
+        teacher = (
+            teacher if teacher is not None else (info or {}).get("teacher")
+        )  # an export records its teacher
         if teacher is None:
             raise ValueError(
                 "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
+            )
+        if not Path(str(teacher)).is_dir():
+            raise FileNotFoundError(
+                f"hybrid sampling: the teacher {teacher} (recorded in {info_path}, or teacher=) is not there; "
+                "pass teacher=<the teacher's diffusers dir>"
             )
         teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
     gen = Generator(

@@ -13,6 +13,7 @@ checkpoints go.
 - `with_run_checkpoint`: with no checkpoint callback configured (`callbacks=none`), checkpoints still go to
   `<run_dir>/checkpoints/` (where `ckpt_path=last` looks) instead of the logger's `csv/version_0/checkpoints/`.
 - `resolve_ckpt_path`: `last`, `auto` or a path, local or fsspec (s3://, gs://, memory://).
+- `logger_kwargs`: a resumed run logs into the same W&B run (its id is kept in `<run_dir>/wandb_run_id`).
 - `ConfiguredLearningRates`: a resume trains at the learning rates of this run's config (the ones its
   config.yaml records), not at those stored in the checkpoint's optimizer state.
 """
@@ -163,3 +164,28 @@ class ConfiguredLearningRates(Callback):
                             f"wadi: resume: optimizer {i} lr {group['lr']:g} (checkpoint) -> {lr:g} (this run's config)"
                         )
                     group["lr"] = lr
+
+
+WANDB_RUN_ID = "wandb_run_id"
+
+
+def logger_kwargs(logger_cfg: Any, run_dir: str | Path, resuming: bool) -> dict[str, Any]:
+    """Extra arguments for the configured logger. W&B: the run id, created with the run and kept in
+    `<run_dir>/wandb_run_id`, so that a resume (`ckpt_path=last`) continues the same W&B run (resume="allow")
+    instead of starting a new one. An id set in the config (`logger.id=...`) wins. Other loggers: none."""
+    if logger_cfg is None or not str(logger_cfg.get("_target_", "")).endswith("WandbLogger"):
+        return {}
+    if logger_cfg.get("id"):
+        return {}
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    path = Path(run_dir) / WANDB_RUN_ID
+    if resuming and path.is_file():
+        run_id = path.read_text().strip()
+    else:
+        import secrets
+
+        run_id = secrets.token_hex(4)  # W&B's own ids are 8 lowercase letters / digits too
+        if rank_zero_only.rank == 0:  # only rank 0 logs to W&B (the other ranks' ids are never used)
+            path.write_text(run_id + "\n")
+    return {"id": run_id, "resume": "allow"}

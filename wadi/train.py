@@ -149,7 +149,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if cfg.get("eval") and cfg.get("eval_callback"):
         callbacks.append(instantiate(cfg.eval_callback, evaluator=cfg.eval))
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = False
+    if cfg.get("logger"):  # W&B: a resume continues the run's W&B run; every logger gets the whole config
+        logger = instantiate(cfg.logger, **runs.logger_kwargs(cfg.logger, run_dir, ckpt_path is not None))
+        logger.log_hyperparams(resolved)
     callbacks = runs.with_run_checkpoint(callbacks, run_dir, cfg)  # checkpoints in <run_dir>/checkpoints
     callbacks.append(runs.ConfiguredLearningRates())  # a resume with a new lr trains at it
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
