@@ -72,4 +72,9 @@ def test_resume_from_memory_url_trains_at_the_new_lr(tmp_path, tiny_sd_dir, caps
     assert objects["trainer"].global_step == 2  # continued from step 1
     assert [o.param_groups[0]["lr"] for o in objects["trainer"].optimizers] == [5e-3, 2e-2]
     assert _lrs(str(second / "checkpoints" / "last.ckpt")) == [5e-3, 2e-2]
-    assert "lr 0.001 (checkpoint) -> 0.005" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "lr 0.001 (checkpoint) -> 0.005" in printed
+    report = printed[printed.index("wadi: run finished at step 2") :]  # the end of a run: metrics and paths
+    assert "train metrics" in report and "loss_generator" in report
+    for path in (second / "checkpoints" / "last.ckpt", second / "csv" / "version_0" / "metrics.csv"):
+        assert str(path) in report and path.is_file()

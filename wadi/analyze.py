@@ -31,6 +31,15 @@ def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3g}"
 
 
+def _norm_and_ratio(overall: dict) -> str:
+    """ "norm change 0.012, direction/norm 22x", or "norms unchanged (to float precision)" when the mean norm
+    change is zero (a LoRaD student: rounding is reported as 0, not as a 3e6x ratio)."""
+    norm = overall["norm_change"]["mean"]
+    if norm == 0:
+        return "norms unchanged (to float precision): the change is in directions only"
+    return f"norm change {norm:.3g}, direction/norm {_fmt(overall['direction_norm_ratio'])}x"
+
+
 # An absolute config path, so `main([...])` also works in-process (tests, notebooks), not only under `-m`.
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
 def _run(cfg: DictConfig) -> None:
@@ -51,9 +60,8 @@ def _run(cfg: DictConfig) -> None:
         )
         overall = result["summary"]["overall"]
         print(
-            f"wadi.analyze weights: {overall['layers']} linear layers; norm change {overall['norm_change']['mean']:.3g}, "
-            f"angle {overall['angle']['mean']:.3g} rad, direction/norm {_fmt(overall['direction_norm_ratio'])}x; "
-            f"written to {cfg.out}/"
+            f"wadi.analyze weights: {overall['layers']} linear layers; {_norm_and_ratio(overall)}, "
+            f"angle {overall['angle']['mean']:.3g} rad; written to {cfg.out}/"
         )
     elif cfg.command == "trajectory":
         if cfg.model is None:

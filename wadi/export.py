@@ -194,7 +194,9 @@ def export_merged(
         with torch.device("meta"):
             plain = _denoiser_class(cfg.kind).from_config(model.config)
         plain.load_state_dict(state, assign=True, strict=True)
-        plain.to(dtype).save_pretrained(tmp / sub)
+        if any(p.dtype != dtype for p in plain.parameters()):  # diffusers warns on every .to(dtype) call
+            plain = plain.to(dtype)
+        plain.save_pretrained(tmp / sub)
 
     T, alpha_T, sigma_T = generator_schedule(module.alphas_cumprod, cfg.alpha_T)
     info = {

@@ -14,6 +14,7 @@ checkpoints go.
   `<run_dir>/checkpoints/` (where `ckpt_path=last` looks) instead of the logger's `csv/version_0/checkpoints/`.
 - `resolve_ckpt_path`: `last`, `auto` or a path, local or fsspec (s3://, gs://, memory://).
 - `logger_kwargs`: a resumed run logs into the same W&B run (its id is kept in `<run_dir>/wandb_run_id`).
+- `final_report`: what the end of a run prints: the final metrics and every output path.
 - `ConfiguredLearningRates`: a resume trains at the learning rates of this run's config (the ones its
   config.yaml records), not at those stored in the checkpoint's optimizer state.
 """
@@ -189,3 +190,68 @@ def logger_kwargs(logger_cfg: Any, run_dir: str | Path, resuming: bool) -> dict[
         if rank_zero_only.rank == 0:  # only rank 0 logs to W&B (the other ranks' ids are never used)
             path.write_text(run_id + "\n")
     return {"id": run_id, "resume": "allow"}
+
+
+def _latest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def _logger_paths(trainer) -> list[tuple[str, str]]:
+    """(label, path) of each logger's output: the CSV file, the W&B run folder (and how to sync it)."""
+    rows = []
+    for logger in getattr(trainer, "loggers", []):
+        name = type(logger).__name__
+        if name == "CSVLogger":
+            rows.append(("metrics csv", f"{logger.log_dir}/metrics.csv"))
+        elif name == "WandbLogger":
+            experiment = getattr(logger, "_experiment", None)
+            folder = getattr(experiment, "dir", None)
+            if folder:
+                run = Path(folder).parent
+                offline = "offline-run" in run.name
+                rows.append(("wandb", f"{run}" + (f"  (upload: wandb sync {run})" if offline else "")))
+        elif getattr(logger, "log_dir", None):
+            rows.append((name, str(logger.log_dir)))
+    return rows
+
+
+def final_report(
+    trainer,
+    run_dir: str | Path,
+    metrics: dict[str, float],
+    outputs: dict[str, Any],
+    eval_name: str | None = None,
+) -> str:
+    """The end-of-run summary: step, final metrics (train/ and val/), every output path that exists, and the
+    commands that sample / evaluate the export (`eval_name`: the run's evaluation protocol, if any)."""
+    run = Path(run_dir)
+    lines = [f"wadi: run finished at step {trainer.global_step}. Results in {run}/"]
+    for prefix in ("train/", "val/"):
+        shown = [
+            f"{k.removeprefix(prefix)} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith(prefix)
+        ]
+        if shown:
+            lines.append(f"  {prefix[:-1] + ' metrics':<14}" + ", ".join(shown))
+    last = run / CHECKPOINT_DIR / "last.ckpt"
+    rows: list[tuple[str, Any]] = [("config", run / "config.yaml")]
+    if last.is_file():
+        rows.append(("checkpoint", f"{last}  (resume: rerun with ckpt_path=last)"))
+    rows.append(("samples", _latest(run / "samples", "step*.png")))
+    rows.append(("eval metrics", _latest(run / "eval", "step*.json")))
+    rows.append(("eval grid", _latest(run / "eval", "step*.png")))
+    rows.extend(_logger_paths(trainer))
+    if (run / "train.log").is_file():
+        rows.append(("console log", run / "train.log"))
+    if outputs.get("adapters"):
+        rows.append(("adapters", outputs["adapters"]))
+    if outputs.get("merged"):
+        merged = outputs["merged"]
+        rows.append(("merged model", f"{merged}  (stock diffusers, one step)"))
+        rows.append(
+            ("sample", f"python -m wadi.sample model={merged} prompts='a large red circle at the left'")
+        )
+        if eval_name:
+            rows.append(("evaluate", f"python -m wadi.evaluate model={merged} eval={eval_name}"))
+    lines += [f"  {label:<14}{value}" for label, value in rows if value]
+    return "\n".join(lines)

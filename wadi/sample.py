@@ -40,7 +40,10 @@ def _main(cfg: DictConfig) -> None:
 
 def sample(cfg: DictConfig) -> None:
     """Generate, save one PNG per image, prompts.json and a grid (the body of `python -m wadi.sample`)."""
+    from wadi.console import quiet_console
     from wadi.images import save_grid, save_images
+
+    quiet_console()
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prompts = prompt_list(cfg.prompts)  # a string is one prompt, not one per character
@@ -64,7 +67,7 @@ def sample(cfg: DictConfig) -> None:
             [{"file": f"{n}.png", "prompt": p, "seed": s} for n, p, s in zip(names, prompts, seeds)], indent=2
         )
     )
-    grid = save_grid(images, out / "grid.png", nrow=per_row)
+    grid = save_grid(images, out / "grid.png", nrow=per_row, captions=prompts)  # a row per prompt, captioned
     print(f"wadi.sample: {len(images)} images in {out}/ (grid: {grid})")
 
 

@@ -117,11 +117,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from wadi import runs
     from wadi.callbacks.checkpoint_io import AtomicCheckpointIO
+    from wadi.console import quiet_console
     from wadi.distributed import is_sharded
     from wadi.export import export_adapters, export_merged
 
     validate_train_config(cfg)  # one clean error naming the key, before anything slow loads
     runs.check_training_config(cfg)  # max_steps >= 1 (trainer.max_steps too)
+    quiet_console()  # each Lightning line once, no tips or third-party deprecations
     if cfg.dry_run:
         return {"parameters": dry_run(cfg)}, {}
 
@@ -172,14 +174,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         objects["adapters"] = export_adapters(whole, export_dir / "adapters.safetensors")
         objects["merged"] = export_merged(whole, export_dir / "merged")
     if trainer.is_global_zero:
-        print(f"\nwadi: run finished at step {trainer.global_step}. Results in {run_dir}/")
-        print(f"  config        {run_dir}/config.yaml")
-        print(f"  checkpoints   {run_dir}/checkpoints/ (resume: rerun with ckpt_path=last)")
-        print(f"  samples       {run_dir}/samples/")
-        if "merged" in objects:
-            print(f"  adapters      {objects['adapters']}")
-            print(f"  merged model  {objects['merged']}  (stock diffusers, one step)")
-            print(f"  sample        python -m wadi.sample model={objects['merged']} prompts='[\"...\"]'")
+        eval_name = cfg.eval.get("name") if cfg.get("eval") else None
+        print("\n" + runs.final_report(trainer, run_dir, metrics, objects, eval_name))
     return metrics, objects
 
 
