@@ -87,6 +87,11 @@ def _run(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m wadi.analyze <command> key=value ...`: the command word becomes the `command=` override."""
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(
+        sys.argv[1:] if argv is None else argv, "wadi.analyze {weights|trajectory}", __doc__, "analyze.yaml"
+    )
     saved = list(sys.argv)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

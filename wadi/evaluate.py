@@ -11,6 +11,7 @@ keys are conf/generation/default.yaml's.
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -32,9 +33,17 @@ log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     evaluate(cfg)
+
+
+def main() -> None:
+    """`python -m wadi.evaluate key=value ...`; `--help` lists this command's options."""
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(sys.argv[1:], "wadi.evaluate", __doc__, "evaluate.yaml")
+    _main()
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ def sample(cfg: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     """`python -m wadi.sample key=value ...` (or `main([...])` in-process); a user's mistake (bad prompts or
     seeds, no model there) is one line on stderr and exit code 2, not a traceback."""
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(sys.argv[1:] if argv is None else argv, "wadi.sample", __doc__, "sample.yaml")
     saved = list(sys.argv)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

@@ -205,6 +205,9 @@ def _main(cfg: DictConfig) -> float | None:
 
 def main() -> float | None:
     """`python -m wadi.train [overrides]`; `eval=null` (any `group=null`) turns that group off, as `~eval` does."""
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(sys.argv[1:], "wadi.train", __doc__, "config.yaml")
     sys.argv[1:] = wadi.config.null_group_overrides(sys.argv[1:])
     return _main()
 
