@@ -111,3 +111,25 @@ def test_bad_prompt_file_fails_before_the_model_loads(tmp_path, monkeypatch, con
         wadi.train.train(cfg)
     assert ("does not exist" if content is None else "2 of 3 lines") in str(err.value)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_resolution_latent_size_and_sample_size_must_agree(tiny_sd_dir):
+    """Checked from the config files before any weights load, naming the keys and values."""
+    from omegaconf import OmegaConf, open_dict
+
+    from wadi.config import validate_train_config
+    from wadi.testing import tiny_backbone_config
+
+    def cfg(**backbone):
+        composed = compose_config(["eval=null"])
+        with open_dict(composed):
+            composed.backbone = OmegaConf.create({**tiny_backbone_config(tiny_sd_dir), **backbone})
+        return composed
+
+    validate_train_config(cfg())  # 16 px, 8x8 latents: the tiny model's
+    with pytest.raises(ConfigError, match=r"backbone.latent_size=16 but the model's sample_size is 8 .*unet"):
+        validate_train_config(cfg(latent_size=16, resolution=32))
+    with pytest.raises(ConfigError, match=r"backbone.resolution=64 but backbone.latent_size=8 .*factor 2"):
+        validate_train_config(cfg(resolution=64))
+    for backbone in ("toy", "toy_pixart", "sd15", "sd21", "pixart"):  # the shipped ones agree
+        validate_train_config(compose_config([f"backbone={backbone}", "eval=null"]))
