@@ -76,7 +76,7 @@ def test_evaluate_default_out_is_named_after_the_run(exported, tmp_path):
 
 
 def test_wandb_run_id_is_kept_for_a_resume(tmp_path):
-    wandb = OmegaConf.create({"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True})
+    wandb = OmegaConf.create({"_target_": "wadi.loggers.WandbLogger", "offline": True})
     first = logger_kwargs(wandb, tmp_path, resuming=False)
     assert first["resume"] == "allow" and (tmp_path / WANDB_RUN_ID).read_text().strip() == first["id"]
     assert logger_kwargs(wandb, tmp_path, resuming=True) == first  # ckpt_path=last: the same W&B run
@@ -85,3 +85,14 @@ def test_wandb_run_id_is_kept_for_a_resume(tmp_path):
     assert logger_kwargs(csv, tmp_path, resuming=True) == {}
     pinned = OmegaConf.create({**OmegaConf.to_container(wandb), "id": "mine"})
     assert logger_kwargs(pinned, tmp_path, resuming=True) == {}
+
+
+def test_wandb_logger_gets_the_kept_id_and_no_anonymous_setting(tmp_path):
+    from wadi.loggers import WandbLogger
+
+    kwargs = logger_kwargs(
+        OmegaConf.create({"_target_": "wadi.loggers.WandbLogger"}), tmp_path, resuming=False
+    )
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), **kwargs)
+    assert logger.version == kwargs["id"] == (tmp_path / WANDB_RUN_ID).read_text().strip()
+    assert "anonymous" not in logger._wandb_init  # wandb warned "The anonymous setting has no effect"
