@@ -1,8 +1,8 @@
 """`python -m wadi.evaluate model=<export dir | .ckpt | teacher dir> eval=coco2014` (or coco2017, toy).
 
-Teacher rows: `model=<diffusers dir> teacher_steps=25 guidance_scale=3.0`; hybrid rows: `hybrid_k=1`
-(`teacher=<dir>` for a merged export). Writes `<out>/metrics.json` and `<out>/grid.png`; generated images go
-to `<out>/shards/shard_XXXXX.npz` (protocol images + per-image features and CLIP scores), and a rerun skips
+Teacher rows: `model=<diffusers dir> teacher_steps=25 guidance_scale=3.0`; hybrid rows: `hybrid_k=1` (a merged
+export records its teacher; `teacher=<dir>` overrides it). Writes `<out>/metrics.json` and `<out>/grid.png`;
+generated images go to `<out>/shards/shard_XXXXX.npz` (protocol images + per-image features and CLIP scores), and a rerun skips
 the shards already there. Under torchrun every rank generates its own shards (shard s on rank s mod W) and
 rank 0 computes the metrics. The library is wadi.evaluation (protocols and the sharded run); the generation
 keys are conf/generation/default.yaml's.
