@@ -86,7 +86,6 @@ def _train_cfg(tmp_path, *overrides):
             "logger=csv",
             "trainer=cpu",
             "eval=null",
-            "dataset.num_prompts=64",
             f"run_dir={tmp_path / 'run'}",
             "max_steps=2",
             *overrides,

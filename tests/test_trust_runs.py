@@ -22,6 +22,7 @@ def _cfg(run_dir: Path, backbone_dir: Path, *overrides: str):
             "eval=null",
             "callbacks=none",
             "dataset.num_prompts=64",
+            "trainer.log_every_n_steps=1",
             "batch_size=2",
             "max_steps=1",
             "export=false",

@@ -203,7 +203,10 @@ def _logger_paths(trainer) -> list[tuple[str, str]]:
     for logger in getattr(trainer, "loggers", []):
         name = type(logger).__name__
         if name == "CSVLogger":
-            rows.append(("metrics csv", f"{logger.log_dir}/metrics.csv"))
+            csv = Path(logger.log_dir) / "metrics.csv"
+            rows.append(
+                ("metrics csv", csv if csv.is_file() else logger.log_dir)
+            )  # no file before a first log
         elif name == "WandbLogger":
             experiment = getattr(logger, "_experiment", None)
             folder = getattr(experiment, "dir", None)
