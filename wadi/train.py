@@ -220,7 +220,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         objects["merged"] = export_merged(whole, export_dir / "merged")
     if trainer.is_global_zero:
         eval_name = cfg.eval.get("name") if cfg.get("eval") else None
-        own = hasattr(module.student, "export_info")  # a method's own student (TiUE, SwD): its pipeline, not stock
+        own = hasattr(
+            module.student, "export_info"
+        )  # a method's own student (TiUE, SwD): its pipeline, not stock
         note = (
             f"the {module.method.name} student: wadi.sample or its custom pipeline"
             if own
