@@ -65,8 +65,12 @@ class Denoiser(nn.Module):
                 self.model.disable_gradient_checkpointing()
         if not speed.compile:
             object.__setattr__(self, "_compiled", None)
-        elif self._compiled is None or speed.compile_backend != old.compile_backend:
-            compiled = compile_passes(self.model, speed.compile_backend, speed.graphs)
+        elif (
+            self._compiled is None
+            or speed.compile_backend != old.compile_backend
+            or speed.cuda_graphs != old.cuda_graphs
+        ):
+            compiled = compile_passes(self.model, speed.compile_backend, speed.graphs, speed.compile_mode)
             object.__setattr__(self, "_compiled", compiled)
         elif speed.graphs > old.graphs:
             make_room(
