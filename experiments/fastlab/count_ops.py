@@ -138,9 +138,10 @@ def install() -> None:
     wrap(lopt.LightningOptimizer, "step", "optimizer step (AdamW)")
     wrap(torch.optim.Optimizer, "zero_grad", "zero_grad")
     wrap(module, "sync_gradients", "zero_grad")
-    wrap(module, "all_finite", "guards: weights finite")
+    if hasattr(module, "all_finite"):  # before StepGuard: a weights check after each optimizer step
+        wrap(module, "all_finite", "guards: weights finite")
     if hasattr(guards, "StepGuard"):
-        wrap(guards.StepGuard, "check", "guards: end-of-step check")
+        wrap(guards.StepGuard, "finish", "guards: end-of-step check (one sync)")
     wrap(ema.EMA, "update", "EMA update")
     wrap(M, "log", "logging (self.log)")
 

@@ -134,7 +134,7 @@ def test_non_finite_weights_after_a_finite_step_are_refused_at_finish():
         guard.finish(3)
 
 
-def _fit(module, steps: int) -> None:
+def _fit(module, steps: int, callbacks=()) -> None:
     import lightning as L
 
     batches = [{"prompt": ["a red circle", "a small blue square"]}] * steps
@@ -144,24 +144,24 @@ def _fit(module, steps: int) -> None:
         devices=1,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=False,  # as the lab runs (experiments/quality/run_sweep.sh)
         enable_model_summary=False,
+        callbacks=list(callbacks),
     )
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
 
 
 def test_module_steps_sync_once_with_fused_adamw_and_equal_unguarded_steps(tiny_sd_cfg, monkeypatch):
+    """The lab's settings: fused AdamW, EMA, two fake-score steps, alpha_T set, no progress bar."""
     from functools import partial
 
     from wadi.distill.module import WaDiModule
 
     def make():
         torch.manual_seed(0)
+        # alpha_T set as in the lab recipes (null: one more sync a step, reading the schedule's alpha_T)
         return WaDiModule(
-            backbone={
-                **tiny_sd_cfg,
-                "alpha_T": 0.15,
-            },  # as the lab (null: one more sync reading the schedule)
+            backbone={**tiny_sd_cfg, "alpha_T": 0.15},
             rank=4,
             fake_rank=2,
             ema_decay=0.9,
@@ -169,18 +169,28 @@ def test_module_steps_sync_once_with_fused_adamw_and_equal_unguarded_steps(tiny_
             optimizer=partial(torch.optim.AdamW, weight_decay=0.0, fused=True),
         )
 
-    guarded = make()
+    import lightning as L
+
     syncs = []
-    step = WaDiModule.training_step
 
-    def counted(self, batch, batch_idx):
-        with SyncCounter() as counter:
-            step(self, batch, batch_idx)
-        syncs.append(counter.syncs)
+    class PerStep(L.Callback):
+        """Host syncs from one batch's start to the next's: the step and everything Lightning does after it."""
 
-    monkeypatch.setattr(WaDiModule, "training_step", counted)
-    _fit(guarded, 2)
-    assert syncs == [1, 1]
+        counter: SyncCounter | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.on_train_end(trainer, pl_module)
+            self.counter = SyncCounter().__enter__()
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
+                syncs.append(self.counter.syncs)
+                self.counter = None
+
+    guarded = make()
+    _fit(guarded, 2, [PerStep()])
+    assert syncs[0] == 1  # the guards' (the second interval also holds the end of training)
     # The same steps without any guard (the optimizers step unconditionally, the EMA follows each generator step)
     monkeypatch.setattr(StepGuard, "step", lambda self, opt, loss, norm, params, role, step: opt.step())
     monkeypatch.setattr(StepGuard, "finish", lambda self, step: {"generator": True})

@@ -314,9 +314,11 @@ class WaDiModule(L.LightningModule):
             self.ema.update()  # after the fake steps: they leave the generator's weights as they are
         batch_size = len(cond)
         log = partial(self.log, on_step=True, batch_size=batch_size)
-        log("train/loss_generator", gen["loss"].detach(), prog_bar=True)
+        # Lightning reads progress-bar metrics back every step (a host sync each), with or without a bar shown.
+        bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        log("train/loss_generator", gen["loss"].detach(), prog_bar=bar)
         if fake is not None:
-            log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
+            log("train/loss_fake_score", fake["loss"].detach(), prog_bar=bar)
         log("train/grad_norm_generator", norm_g)
         if norm_f is not None:
             log("train/grad_norm_fake_score", norm_f)
