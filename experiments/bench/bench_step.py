@@ -32,7 +32,8 @@ lever that keeps the math keeps them within bf16 tolerance.
 
 The toy lab (issue 16, item 7; experiments/fastlab/NOTES.md):
 
-    python -m experiments.bench.bench_step --plan "toy:wadi,wadi+fadam,wadi+fadam+gradcompile,wadi+fadam+gradcompile+cudagraphs" --batch 256
+    TORCH_LOGS=perf_hints python -m experiments.bench.bench_step --batch 256 --warmup 5 --steps 20 --budget 150 \
+        --plan "toy:wadi+fadam,wadi+fadam+gradcompile+cudagraphs;toy_pixart:wadi+fadam,wadi+fadam+gradcompile+cudagraphs"
 
     python -m experiments.bench.bench_step --plan "sd15:ref,ref+ckpt,wadi,wadi+ckpt" --out results/
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from wadi.distill.guards import NonFiniteError, StepGuard
+from wadi.distill.guards import NonFiniteError, StepGuard, _nonfinite
 
 
 class SyncCounter(TorchDispatchMode):
@@ -25,6 +25,13 @@ class SyncCounter(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.syncs += 1
         return func(*args, **(kwargs or {}))
+
+
+def test_nonfinite_flag_equals_not_isfinite():
+    values = [0.0, -0.0, 1e-45, 5.0, -3.4e38, 3.4e38, float("inf"), float("-inf"), float("nan")]
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = torch.tensor(values, dtype=torch.float64).to(dtype)
+        assert torch.equal(_nonfinite(x), ~torch.isfinite(x))
 
 
 def _params(seed: int) -> list[torch.nn.Parameter]:
