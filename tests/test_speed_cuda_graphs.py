@@ -57,3 +57,58 @@ def test_cpu_training_is_refused_at_setup_and_the_denoiser_compiles_in_reduce_ov
     assert calls[-1]["mode"] == "reduce-overhead" and calls[-1]["fullgraph"] is True
     m.denoiser.update_speed(cuda_graphs=False)  # switching graphs off recompiles in the default mode
     assert calls[-1]["mode"] is None and len(calls) == 2
+
+
+def test_graphed_passes_build_w_prime_inside_the_graph_with_the_same_eps_and_gradients(
+    tiny_sd_cfg, monkeypatch
+):
+    """Under cuda_graphs a compiled pass traces every layer's W' (no eager prerotation, no W' graph inputs). On
+    CPU a counting backend stands in for inductor + CUDA graphs: fullgraph tracing, routing and numbers."""
+    import wadi.adapters.prerotate as prerotate_mod
+    from wadi.adapters import get_adapter
+    from wadi.backbones import Conditioning, load_backbone
+
+    torch.manual_seed(0)
+    backbone = load_backbone(tiny_sd_cfg, load_text=False, load_vae=False)
+    adapter = get_adapter()
+    model = backbone.denoiser.model
+    adapter.attach(model, "generator", 4, backbone.cfg.targets("generator", adapter))
+    params = adapter.parameters(model, "generator")
+    with torch.no_grad():
+        for p in params:
+            p.normal_(std=0.3)
+    denoiser = backbone.denoiser
+
+    def eps_and_grads():
+        for p in params:
+            p.grad = None
+        torch.manual_seed(1)
+        x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), Conditioning(torch.randn(2, 16, 32))
+        out = denoiser(x, t, cond, "generator")
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in params]
+
+    ref_out, ref_grads = eps_and_grads()  # eager, W' built in groups
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(sum(1 for n in gm.graph.nodes if n.op == "placeholder"))
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda m, mode=None, backend=None, **kw: real_compile(m, backend=counting, **kw)
+    )
+    built = []
+    real_prerotate = prerotate_mod.prerotate
+    monkeypatch.setattr(prerotate_mod, "prerotate", lambda *a: built.append(1) or real_prerotate(*a))
+    denoiser.update_speed(compile="all", cuda_graphs=True)
+    torch._dynamo.reset()
+    out, grads = eps_and_grads()
+    assert graphs and not built  # traced, and no W' built outside the graph
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    denoiser.update_speed(cuda_graphs=False)  # compile=all without graphs keeps the groups outside
+    eps_and_grads()
+    assert built

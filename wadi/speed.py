@@ -23,7 +23,9 @@ size or role does (once), which is why the sampler pads its last batch.
 experiments/fastlab/NOTES.md) compiles the same graphs with mode="reduce-overhead": inductor's cudagraph trees
 record each compiled pass (and AOTAutograd's backward under `compile=all`) once and replay it with one launch;
 `WaDiModule.training_step` marks each training step's start (`torch.compiler.cudagraph_mark_step_begin`),
-so a step's graph outputs may be overwritten by the next step, never within one. CUDA only.
+so a step's graph outputs may be overwritten by the next step, never within one. A graphed pass builds its
+adapters' W' inside the graph (traced, fused by inductor) instead of before it (`wadi.adapters.prerotate`):
+eager, they would be the largest host cost left, and graph inputs copied at every replay. CUDA only.
 """
 
 from __future__ import annotations

@@ -117,6 +117,7 @@ def install() -> None:
     """Wrap the functions whose time and ops make each phase (once per process)."""
     import lightning.pytorch.core.optimizer as lopt
 
+    from wadi.adapters import function, prerotate
     from wadi.backbones.denoiser import Denoiser
     from wadi.distill import ema, guards, module, student
 
@@ -143,6 +144,9 @@ def install() -> None:
     if hasattr(guards, "StepGuard"):
         wrap(guards.StepGuard, "finish", "guards: end-of-step check (one sync)")
     wrap(ema.EMA, "update", "EMA update")
+    # Inside the passes: the adapters' W' built in batched groups before each adapted pass, and its backward.
+    wrap(prerotate, "prerotate", "W' groups (prerotate)")
+    wrap(function.RotatedWeight, "backward", "W' groups backward")
     wrap(M, "log", "logging (self.log)")
 
 

@@ -102,7 +102,10 @@ class Denoiser(nn.Module):
         self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
     ) -> Tensor:
         speed = self._speed
-        groups = self._rotation_groups(adapter)
+        # Under CUDA graphs a compiled pass builds its W' inside the graph (traced, fused by inductor): built here
+        # they would be ~4 eager launches per group of layers each way, and graph inputs copied at every replay.
+        graphed = speed.cuda_graphs and model is self._compiled
+        groups = None if graphed else self._rotation_groups(adapter)
         device = x_t.device.type
         fused = speed.fused_rotation
         with use_adapter(adapter):
