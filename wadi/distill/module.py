@@ -328,9 +328,10 @@ class WaDiModule(L.LightningModule):
         for key, value in gen.items():
             if key.startswith("loss_"):
                 log(f"train/{key}", value.detach())
-        log("train/nonfinite_skipped", float(self._skipped))
+        # Host numbers as CPU tensors: a float would be copied to the GPU, a blocking copy (a host sync) each.
+        log("train/nonfinite_skipped", torch.tensor(float(self._skipped)))
         if "pass" in batch:
-            log("train/prompt_epoch", float(batch["pass"]))
+            log("train/prompt_epoch", torch.tensor(float(batch["pass"])))
 
     def configure_optimizers(self):
         gen = self.optimizer_factory(self.generator_parameters(), lr=self.generator_config.lr)
