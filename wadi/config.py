@@ -170,6 +170,18 @@ def validate_train_config(cfg: Any) -> TrainConfig:
         raise ConfigError(
             f"compile={raw['compile']!r}: expected false, true (the no-grad teacher / fake-score passes) or all"
         )
+    if raw.get("cuda_graphs", False):  # its combination with compile (the device is checked at setup)
+        from wadi.speed import SpeedOptions
+
+        try:
+            SpeedOptions(
+                raw.get("compile", False),
+                raw.get("compile_backend", "inductor"),
+                gradient_checkpointing=bool(raw.get("gradient_checkpointing", False)),
+                cuda_graphs=raw["cuda_graphs"],
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     backbone = BackboneConfig.from_mapping(raw["backbone"])
     check_backbone_sizes(backbone)
     module = raw.get("module") or {}
