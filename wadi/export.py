@@ -31,7 +31,7 @@ TEACHER_ONLY = {"pretrain.json", MODEL_CARD, EXPORT_INFO}
 # The adapter file's safetensors metadata: what it is, and why diffusers' load_lora_weights cannot use it.
 ADAPTER_NOTE = (
     "WaDi adapters (LoRaD: a rotation and scale of the teacher's weights; or wadi's own LoRA / DoRA / full layers, "
-    "named by generator_adapter / fake_score_adapter, wadi.adapters), NOT a diffusers LoRA: diffusers' "
+    "named by generator_adapter / fake_score_adapter, wadi.adapters), NOT a LoRA: diffusers' "
     "load_lora_weights cannot apply them (the 'wadi_format' entry makes it refuse the file). Sample the merged "
     "export (export/merged, stock diffusers) or the run's checkpoint (python -m wadi.sample model=<.ckpt>)."
 )
