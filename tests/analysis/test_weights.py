@@ -71,6 +71,17 @@ def test_rotation_and_scaling_together_and_the_ratio(w_a):
     assert summary["overall"]["direction_norm_ratio"] == pytest.approx(20.0, rel=1e-6)
 
 
+def test_float16_teacher_keeps_a_small_norm_change():
+    """The toy teachers ship float16: a 0.2% row-norm change of a float32 student is a change, not rounding."""
+    torch.manual_seed(0)
+    w_a = torch.randn(16, 32).to(torch.float16)
+    scale = 1 + 0.002 * torch.linspace(-1, 1, 16).sign().unsqueeze(1)  # every row's norm moves by 0.2%
+    row = layer_change("down_blocks.0.a", w_a, w_a.float() * scale, svd=False)
+    assert row["norm_change"] == pytest.approx(0.002, rel=1e-3)
+    # the LoRaD case still reads 0: the same fp16 weights written in float32 are unchanged
+    assert layer_change("down_blocks.0.a", w_a, w_a.float(), svd=False)["norm_change"] == 0
+
+
 def test_lorad_merged_layer_changes_direction_never_norm():
     torch.manual_seed(0)
     layer = LoRaDLinear(32, 16)

@@ -80,9 +80,11 @@ def direction_residual(w_a: Tensor, w_b: Tensor) -> Tensor:
 
 # A direction residual below this Frobenius norm per row is float64 rounding, not a rotation.
 RESIDUAL_FLOOR = 1e-10
-# A relative row-norm change below this many machine epsilons of the stored weights' dtype is the rounding of
+# A relative row-norm change below this many machine epsilons of the student's stored dtype is the rounding of
 # writing the weights (a LoRaD merge keeps every norm, and fp32 storage moves it by ~1e-7): reported as 0, so
-# the direction/norm ratio reads "norms unchanged" instead of a 3e6x ratio of rounding.
+# the direction/norm ratio reads "norms unchanged" instead of a 3e6x ratio of rounding. Only the student's (b's)
+# dtype counts: the teacher is the reference and reading it rounds nothing, while a float16 teacher's eps would
+# put the floor at 1.6% and erase every norm change of the paper's size (0.1%) as "rounding".
 NORM_FLOOR_EPS = 16
 
 
@@ -158,12 +160,12 @@ def layer_change(
 ) -> dict:
     """Everything the analysis reports for one linear layer (row means; NaN rows are left out).
 
-    Keys: name, block, shape, identical, norm_change (a row's change below `norm_floor` of the stored dtype is
+    Keys: name, block, shape, identical, norm_change (a row's change below `norm_floor` of b's stored dtype is
     rounding and counts as 0), angle, one_minus_cos (row means), and with `svd`:
     energy ({fraction: energy}) and curve (resampled energy curve, a list) of the direction residual,
     None for both when the residual is zero (below RESIDUAL_FLOOR per row: only rounding).
     """
-    floor = norm_floor(w_a.dtype, w_b.dtype)
+    floor = norm_floor(w_b.dtype)  # the student's storage rounding (see NORM_FLOOR_EPS)
     w_a, w_b = _pair(w_a, w_b, name)
     theta = angle_change(w_a, w_b)
     change = norm_change(w_a, w_b)
