@@ -4,14 +4,14 @@
     python -m experiments.swd.diagnose_toy --n 100 --no-shapes --chains 8,10,12,16 16,16,16,16 8,16,16,16 \
         8,10,16,16 12,12,12,16 --teacher-sizes 12 16 --grid experiments/swd/results/diagnose_toy_grid.png
     python -m experiments.swd.diagnose_toy --n 100 --no-shapes --experiment toy_pixart_gpu --guidance 3.0 \
-        --teacher-sizes 8 12 16
+        --chains 8,10,12,16 16,16,16,16 --teacher-sizes 12 16
 
 No training: the untrained student (the generator adapter is zero at init, so it is the teacher) sampled through
 the same `generate` the eval callback uses, for the default scale-wise chain (8/10/12/16) and the full-resolution
 one (16/16/16/16, same timesteps); then the teacher itself (25-step DDIM, CFG 4.5) at latent sizes 8/10/12/16
 (upscaled bicubically to 16 before decoding), which is what DMD's real score sees at the small scales; then the
-U-Net's block shapes at each size. Toy metrics on `--n` held-out samples (toy FID at n=200 is biased upwards:
-compare rows with each other, not with the n=1000 numbers).
+U-Net's block shapes at each size. Toy metrics on `--n` held-out samples (toy FID at small n is dominated by its
+sample-size bias: compare accuracies).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     ac = swd.alphas_cumprod
     ts = default_timesteps(ac)
     print(f"swd student: {swd.student!r}; full4: {full4.student!r}")
-    print(f"SNR-matched timesteps (scaled_linear, {ac.shape[0]} steps): {ts}")
+    print(f"SNR-matched timesteps (the backbone schedule, {ac.shape[0]} steps): {ts}")
     for t in ts:
         a = float(ac[t])
         print(f"  t={t}: abar={a:.4f} alpha={a**0.5:.3f} sigma={(1 - a) ** 0.5:.3f} SNR={a / (1 - a):.4f}")
@@ -87,7 +87,7 @@ def main() -> None:
     unet = swd.backbone.denoiser if hasattr(swd.backbone, "denoiser") else None
     unet = getattr(swd.denoiser, "model", None) or getattr(swd.denoiser, "unet", None) or unet
     hooks = []
-    if unet is not None:
+    if unet is not None and hasattr(unet, "down_blocks"):
         for name in (
             "conv_in",
             "down_blocks.0",
