@@ -22,12 +22,22 @@ from omegaconf import DictConfig
 from wadi.analysis.compare import analyze_weights
 from wadi.analysis.trajectory import analyze_trajectory
 from wadi.config import CONF_DIR  # (importing wadi.config registers the resolvers)
+from wadi.generation import prompt_list
 
 COMMANDS = ("weights", "trajectory")
 
 
 def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3g}"
+
+
+def _norm_and_ratio(overall: dict) -> str:
+    """ "norm change 0.012, direction/norm 22x", or "norms unchanged (to float precision)" when the mean norm
+    change is zero (a LoRaD student: rounding is reported as 0, not as a 3e6x ratio)."""
+    norm = overall["norm_change"]["mean"]
+    if norm == 0:
+        return "norms unchanged (to float precision): the change is in directions only"
+    return f"norm change {norm:.3g}, direction/norm {_fmt(overall['direction_norm_ratio'])}x"
 
 
 # An absolute config path, so `main([...])` also works in-process (tests, notebooks), not only under `-m`.
@@ -50,16 +60,15 @@ def _run(cfg: DictConfig) -> None:
         )
         overall = result["summary"]["overall"]
         print(
-            f"wadi.analyze weights: {overall['layers']} linear layers; norm change {overall['norm_change']['mean']:.3g}, "
-            f"angle {overall['angle']['mean']:.3g} rad, direction/norm {_fmt(overall['direction_norm_ratio'])}x; "
-            f"written to {cfg.out}/"
+            f"wadi.analyze weights: {overall['layers']} linear layers; {_norm_and_ratio(overall)}, "
+            f"angle {overall['angle']['mean']:.3g} rad; written to {cfg.out}/"
         )
     elif cfg.command == "trajectory":
         if cfg.model is None:
             raise ValueError("wadi.analyze trajectory needs model=<dir or .ckpt>")
         paths = analyze_trajectory(
             cfg.model,
-            list(cfg.prompts),
+            prompt_list(cfg.prompts),  # a string is one prompt, not one per character
             cfg.out,
             steps=cfg.steps,
             teacher_steps=cfg.teacher_steps,
@@ -78,6 +87,11 @@ def _run(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m wadi.analyze <command> key=value ...`: the command word becomes the `command=` override."""
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(
+        sys.argv[1:] if argv is None else argv, "wadi.analyze {weights|trajectory}", __doc__, "analyze.yaml"
+    )
     saved = list(sys.argv)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

@@ -81,5 +81,9 @@ def _with_default_overrides(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from wadi.cli_help import exit_if_help
+
+    only = {"backbone", "dataset", "cache_dir", "seed"}  # the training config's keys this command reads
+    exit_if_help(sys.argv[1:], "wadi.cache_prompts", __doc__, "config.yaml", only=only)
     sys.argv[1:] = _with_default_overrides(sys.argv[1:])
     main()

@@ -35,6 +35,19 @@ def check_keys(cfg: Mapping[str, Any], known: Iterable[str], node: str) -> None:
 CONF_DIR = _find_conf_dir()
 
 
+def null_group_overrides(overrides: Iterable[str], conf_dir: Path | None = None) -> list[str]:
+    """`group=null` on the command line turns a config group off, as `~group` does (Hydra itself refuses a null
+    group override: "Config group override must be a string or a list"). Other overrides pass unchanged."""
+    conf_dir = CONF_DIR if conf_dir is None else Path(conf_dir)
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and value.strip() == "null" and key.isidentifier() and (conf_dir / key).is_dir():
+            arg = f"~{key}"
+        out.append(arg)
+    return out
+
+
 def _precision() -> str:
     """bf16-mixed on a CUDA device, full fp32 on CPU."""
     import torch
@@ -157,7 +170,20 @@ def validate_train_config(cfg: Any) -> TrainConfig:
         raise ConfigError(
             f"compile={raw['compile']!r}: expected false, true (the no-grad teacher / fake-score passes) or all"
         )
+    if raw.get("cuda_graphs", False):  # its combination with compile (the device is checked at setup)
+        from wadi.speed import SpeedOptions
+
+        try:
+            SpeedOptions(
+                raw.get("compile", False),
+                raw.get("compile_backend", "inductor"),
+                gradient_checkpointing=bool(raw.get("gradient_checkpointing", False)),
+                cuda_graphs=raw["cuda_graphs"],
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     backbone = BackboneConfig.from_mapping(raw["backbone"])
+    check_backbone_sizes(backbone)
     module = raw.get("module") or {}
     generator = RoleConfig.from_mapping(module.get("generator", raw.get("generator")), "generator")
     fake_score = RoleConfig.from_mapping(module.get("fake_score", raw.get("fake_score")), "fake_score")
@@ -187,3 +213,47 @@ def validate_train_config(cfg: Any) -> TrainConfig:
         ema_decay=ema,
         seed=raw.get("seed", 0),
     )
+
+
+def _json(path: Path) -> dict | None:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_backbone_sizes(backbone: Any) -> None:
+    """`backbone.resolution`, `backbone.latent_size` and the model must agree, checked from the config files only
+    (no weights load): latent_size is the denoiser's `sample_size` (<pretrained>/<unet|transformer>/config.json,
+    else `arch_config`), and resolution = latent_size x the VAE's downsampling factor (vae/config.json). A file
+    that is not there (dry runs without weights) skips its check."""
+    from wadi.backbones.loading import KINDS
+
+    if backbone.kind not in KINDS:
+        return  # BackboneConfig / check_layout name the kinds
+    sub = KINDS[backbone.kind][1]
+    root = Path(str(backbone.pretrained)).expanduser() if backbone.pretrained else None
+    model_path = root / sub / "config.json" if root is not None else None
+    model = _json(model_path) if model_path is not None else None
+    if model is None and backbone.arch_config:
+        model_path = Path(str(backbone.arch_config))
+        model = _json(model_path)
+    latent, resolution = backbone.latent_size, backbone.resolution
+    sample = (model or {}).get("sample_size")
+    if isinstance(sample, list | tuple):
+        sample = sample[0]
+    if sample is not None and sample != latent:
+        factor = resolution // latent if latent and resolution % latent == 0 else None
+        fix = f" (and backbone.resolution={sample * factor})" if factor else ""
+        raise ConfigError(
+            f"backbone.latent_size={latent} but the model's sample_size is {sample} ({model_path}): the "
+            f"{sub} was built for {sample}x{sample} latents; set backbone.latent_size={sample}{fix}"
+        )
+    vae = _json(root / "vae" / "config.json") if root is not None else None
+    if vae is not None and vae.get("block_out_channels"):
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        if latent * factor != resolution:
+            raise ConfigError(
+                f"backbone.resolution={resolution} but backbone.latent_size={latent} with the VAE's downsampling "
+                f"factor {factor} ({root / 'vae' / 'config.json'}) decodes {latent * factor} px images; set "
+                f"backbone.resolution={latent * factor} (or backbone.latent_size={resolution // factor})"
+            )

@@ -25,6 +25,16 @@ from wadi.diffusion import generator_schedule
 from wadi.distill.guards import check_finite
 
 EXPORT_INFO = "wadi_export.json"
+MODEL_CARD = "README.md"
+# Top-level files of the teacher's directory that describe the teacher, not this export: not copied.
+TEACHER_ONLY = {"pretrain.json", MODEL_CARD, EXPORT_INFO}
+# The adapter file's safetensors metadata: what it is, and why diffusers' load_lora_weights cannot use it.
+ADAPTER_NOTE = (
+    "WaDi adapters (LoRaD: a rotation and scale of the teacher's weights; or wadi's own LoRA / DoRA / full layers, "
+    "named by generator_adapter / fake_score_adapter, wadi.adapters), NOT a LoRA: diffusers' "
+    "load_lora_weights cannot apply them (the 'wadi_format' entry makes it refuse the file). Sample the merged "
+    "export (export/merged, stock diffusers) or the run's checkpoint (python -m wadi.sample model=<.ckpt>)."
+)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -147,14 +157,20 @@ def export_adapters(module, path: str | Path) -> Path:
                 tensors[f"generator_ema/{key}"] = _owned(value)
     hp = module.hparams
     meta = {
+        "format": f"wadi-{adapters['generator'].name}",
+        "format_version": "1",
+        "not_a_lora": ADAPTER_NOTE,
         "backbone": module.backbone.cfg.name,
+        "teacher": _teacher_path(module),
         "rank": str(hp.rank),
         "fake_rank": str(hp.fake_rank),
-        "format": f"wadi-{adapters['generator'].name}-1",
         "generator_adapter": adapters["generator"].name,
         "fake_score_adapter": adapters["fake_score"].name,
     }
     check_finite(tensors, f"adapter export {path}")
+    # A key without "lora" in its name: diffusers' load_lora_weights raises "Invalid LoRA checkpoint" instead of
+    # loading nothing and saying little (every adapter key has "lorad" in it).
+    tensors["wadi_format"] = torch.tensor([1], dtype=torch.int32)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -188,7 +204,7 @@ def export_merged(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for entry in root.iterdir():
-        if entry.name in (sub, "scheduler", EXPORT_INFO) or entry.name.startswith("."):
+        if entry.name in (sub, "scheduler", *TEACHER_ONLY) or entry.name.startswith("."):
             continue
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         if entry.is_dir():
@@ -232,7 +248,9 @@ def export_merged(
         with torch.device("meta"):
             plain = _denoiser_class(cfg.kind).from_config(model.config)
         plain.load_state_dict(state, assign=True, strict=True)
-        plain.to(dtype).save_pretrained(tmp / sub)
+        if any(p.dtype != dtype for p in plain.parameters()):  # diffusers warns on every .to(dtype) call
+            plain = plain.to(dtype)
+        plain.save_pretrained(tmp / sub)
 
     T, alpha_T, sigma_T = generator_schedule(module.alphas_cumprod, cfg.alpha_T)
     info = {
@@ -261,7 +279,52 @@ def export_merged(
                 else ""
             )
         )
+    info["teacher"] = _teacher_path(module)  # hybrid sampling (hybrid_k > 0) loads it without teacher=<dir>
+    run = (module.run_config or {}).get("run_dir") or (module.run_config or {}).get("name")
+    info["run"] = (
+        Path(str(run)).name if run else None
+    )  # wadi.evaluate names its default output folder after it
     (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+    (tmp / MODEL_CARD).write_text(model_card(info, cfg.kind))
     _default_modes(tmp)
     _replace_dir(tmp, out_dir)
     return out_dir
+
+
+def _teacher_path(module) -> str:
+    """The teacher's diffusers directory (absolute), as recorded in the exports."""
+    return str(Path(str(module.backbone.cfg.pretrained)).expanduser().resolve())
+
+
+def model_card(info: dict, kind: str) -> str:
+    """The merged export's README.md: what the model is, where it came from and how to sample it."""
+    pipeline = "PixArtAlphaPipeline" if kind == "pixart" else "StableDiffusionPipeline"
+    run = f" (run `{info['run']}`)" if info.get("run") else ""
+    return f"""---
+library_name: diffusers
+tags: [text-to-image, one-step, wadi, distillation]
+---
+# One-step student distilled with WaDi{run}
+
+A one-step text-to-image generator: the teacher below with its generator's LoRaD adapters (rank {info["rank"]},
+{"EMA" if info["ema"] else "no EMA"}) merged into the {"transformer" if kind == "pixart" else "U-Net"}, trained by
+VSD distillation (wadi). The text encoder, tokenizer and VAE are the teacher's, in {info["dtype"]}. The teacher's
+licence terms apply to this model too.
+
+- teacher: `{info["teacher"]}`
+- backbone: `{info["backbone"]["name"]}` ({info["backbone"]["resolution"]} px, latents {info["backbone"]["latent_size"]})
+- one step at t = {info["timestep"]}: x0 = (z - sigma_T eps) / alpha_T, alpha_T = {info["alpha_T"]:.4g}
+- details: `{EXPORT_INFO}`
+
+## Sampling
+
+```python
+from diffusers import {pipeline}
+
+pipe = {pipeline}.from_pretrained("<this folder>")
+image = pipe("a large red circle at the left", num_inference_steps=1, guidance_scale=1.0).images[0]
+```
+
+or `python -m wadi.sample model=<this folder> prompts="..."`; hybrid sampling (the teacher's first k steps, then
+this model): `python -m wadi.sample model=<this folder> hybrid_k=1` (the teacher above is read from `{EXPORT_INFO}`).
+"""

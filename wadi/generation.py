@@ -176,7 +176,8 @@ def load_generator(
     """A generator from a merged export, a wadi checkpoint (.ckpt) or, with `teacher_steps`, a teacher dir.
 
     hybrid_k > 0: hybrid sampling, the teacher's first k of `schedule_steps` DDIM steps then the student. A
-    checkpoint carries its teacher (the adapter-free base); a merged export needs `teacher=<dir>`.
+    checkpoint carries its teacher (the adapter-free base); a merged export records its teacher's directory (an
+    older one, or a moved teacher, needs `teacher=<dir>`).
     compile: torch.compile the denoiser and VAE decoder once on `device` (`Generator.compile`).
     """
     hybrid = {"hybrid_k": hybrid_k, "schedule_steps": schedule_steps, "teacher_guidance": teacher_guidance}
@@ -213,9 +214,17 @@ def load_generator(
     backbone.eval()
     teacher_bb = None
     if hybrid_k > 0:
+        teacher = (
+            teacher if teacher is not None else (info or {}).get("teacher")
+        )  # an export records its teacher
         if teacher is None:
             raise ValueError(
                 "hybrid sampling from a merged export needs teacher=<the teacher's diffusers dir>"
+            )
+        if not Path(str(teacher)).is_dir():
+            raise FileNotFoundError(
+                f"hybrid sampling: the teacher {teacher} (recorded in {info_path}, or teacher=) is not there; "
+                "pass teacher=<the teacher's diffusers dir>"
             )
         teacher_bb = load_backbone(_backbone_cfg_for_dir(Path(str(teacher)), None), load_vae=False).eval()
     student = student_from_export_info(info) if info is not None else None
@@ -294,6 +303,27 @@ def load_module_from_checkpoint(path: str | Path):
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     return module
+
+
+def prompt_list(value, key: str = "prompts") -> list[str]:
+    """The prompts of a command's `prompts=` value: a string is ONE prompt (`prompts="a red circle"`), not one per
+    character; a list gives one prompt per entry. Empty values raise a ConfigError naming `key`."""
+    from wadi.config import ConfigError
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(
+            f"{key}={value!r}: expected one prompt (prompts='a red circle') or a list "
+            '(prompts=\'["a red circle","a blue star"]\')'
+        )
+    prompts = [" ".join(str(p).split()) if isinstance(p, str | int | float) else None for p in value]
+    bad = [value[i] for i, p in enumerate(prompts) if not p]
+    if bad:
+        raise ConfigError(f"{key}: {bad[0]!r} is not a prompt (expected a non-empty string)")
+    return prompts
 
 
 def generator_from_config(generation: Mapping, device: str | torch.device = "cpu") -> Generator:

@@ -12,6 +12,11 @@ checkpoints go.
   ended with last.ckpt at step 100).
 - `with_run_checkpoint`: with no checkpoint callback configured (`callbacks=none`), checkpoints still go to
   `<run_dir>/checkpoints/` (where `ckpt_path=last` looks) instead of the logger's `csv/version_0/checkpoints/`.
+- `resolve_ckpt_path`: `last`, `auto` or a path, local or fsspec (s3://, gs://, memory://).
+- `logger_kwargs`: a resumed run logs into the same W&B run (its id is kept in `<run_dir>/wandb_run_id`).
+- `final_report`: what the end of a run prints: the final metrics and every output path.
+- `ConfiguredLearningRates`: a resume trains at the learning rates of this run's config (the ones its
+  config.yaml records), not at those stored in the checkpoint's optimizer state.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -65,16 +70,43 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | Path, ckpt_path: str | None)
     check_resume_compatible(cfg, ckpt_path)
 
 
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
+    """None (fresh run), "last" (<run_dir>/checkpoints/last.ckpt, which must exist), "auto" (last.ckpt if it
+    exists, else a fresh run: what a requeued cluster job wants), or a checkpoint path: local or any fsspec URL
+    (s3://bucket/run/last.ckpt, gs://, memory://), as Lightning's checkpoint IO reads them."""
+    from fsspec.core import url_to_fs
+
+    if ckpt_path in (None, "", "null"):
+        return None
+    last = f"{str(run_dir).rstrip('/')}/{CHECKPOINT_DIR}/last.ckpt"
+    path = last if ckpt_path in ("auto", "last") else str(ckpt_path)
+    fs, inner = url_to_fs(path)
+    found = fs.isfile(inner)
+    if ckpt_path == "auto":
+        return path if found else None
+    if not found:
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
+    return path
+
+
 def check_resume_compatible(cfg: DictConfig, ckpt_path: str | Path) -> None:
     """The checkpoint's backbone / rank / fake_rank / EMA against this run's config (read, not built)."""
     import torch
 
+    from wadi.callbacks.checkpoint_io import local_path
     from wadi.distill.module import check_checkpoint_compatible
 
-    try:  # mmap: only the small "wadi" entry is read from disk
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file (mmap needs one): read it whole
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    local = local_path(ckpt_path)
+    if local is None:  # s3://, gs://, ...: read through fsspec, as Lightning will
+        import fsspec
+
+        with fsspec.open(str(ckpt_path), "rb") as f:
+            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    else:
+        try:  # mmap: only the small "wadi" entry is read from disk
+            checkpoint = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file (mmap needs one): read it whole
+            checkpoint = torch.load(local, map_location="cpu", weights_only=True)
     try:
         check_checkpoint_compatible(
             checkpoint,
@@ -107,3 +139,124 @@ def with_run_checkpoint(callbacks: list, run_dir: str | Path, cfg: DictConfig) -
     if trainer is not None and trainer.get("enable_checkpointing") is False:
         return callbacks
     return [*callbacks, RunCheckpoint(dirpath=str(Path(run_dir) / CHECKPOINT_DIR), save_last=True)]
+
+
+class ConfiguredLearningRates(Callback):
+    """A resumed run trains at the learning rates it is configured with.
+
+    Lightning restores the optimizer state after `configure_optimizers`, and with it the checkpoint's
+    `param_groups[i]["lr"]`: `ckpt_path=last lr=<new>` recorded the new lr in config.yaml but trained at the old
+    one. The configured rates are read at fit start (after `configure_optimizers`, before the restore) and set
+    again when training starts; each change is printed once.
+    """
+
+    def __init__(self) -> None:
+        self.configured: list[list[float]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.configured = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for i, (opt, rates) in enumerate(zip(trainer.optimizers, self.configured)):
+            for group, lr in zip(opt.param_groups, rates):
+                if group["lr"] != lr:
+                    if trainer.is_global_zero:
+                        print(
+                            f"wadi: resume: optimizer {i} lr {group['lr']:g} (checkpoint) -> {lr:g} (this run's config)"
+                        )
+                    group["lr"] = lr
+
+
+WANDB_RUN_ID = "wandb_run_id"
+
+
+def logger_kwargs(logger_cfg: Any, run_dir: str | Path, resuming: bool) -> dict[str, Any]:
+    """Extra arguments for the configured logger. W&B: the run id, created with the run and kept in
+    `<run_dir>/wandb_run_id`, so that a resume (`ckpt_path=last`) continues the same W&B run (resume="allow")
+    instead of starting a new one. An id set in the config (`logger.id=...`) wins. Other loggers: none."""
+    if logger_cfg is None or not str(logger_cfg.get("_target_", "")).endswith("WandbLogger"):
+        return {}
+    if logger_cfg.get("id"):
+        return {}
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    path = Path(run_dir) / WANDB_RUN_ID
+    if resuming and path.is_file():
+        run_id = path.read_text().strip()
+    else:
+        import secrets
+
+        run_id = secrets.token_hex(4)  # W&B's own ids are 8 lowercase letters / digits too
+        if rank_zero_only.rank == 0:  # only rank 0 logs to W&B (the other ranks' ids are never used)
+            path.write_text(run_id + "\n")
+    return {"id": run_id, "resume": "allow"}
+
+
+def _latest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def _logger_paths(trainer) -> list[tuple[str, str]]:
+    """(label, path) of each logger's output: the CSV file, the W&B run folder (and how to sync it)."""
+    rows = []
+    for logger in getattr(trainer, "loggers", []):
+        name = type(logger).__name__
+        if name == "CSVLogger":
+            csv = Path(logger.log_dir) / "metrics.csv"
+            rows.append(
+                ("metrics csv", csv if csv.is_file() else logger.log_dir)
+            )  # no file before a first log
+        elif name == "WandbLogger":
+            experiment = getattr(logger, "_experiment", None)
+            folder = getattr(experiment, "dir", None)
+            if folder:
+                run = Path(folder).parent
+                offline = "offline-run" in run.name
+                rows.append(("wandb", f"{run}" + (f"  (upload: wandb sync {run})" if offline else "")))
+        elif getattr(logger, "log_dir", None):
+            rows.append((name, str(logger.log_dir)))
+    return rows
+
+
+def final_report(
+    trainer,
+    run_dir: str | Path,
+    metrics: dict[str, float],
+    outputs: dict[str, Any],
+    eval_name: str | None = None,
+    merged_note: str = "stock diffusers, one step",
+) -> str:
+    """The end-of-run summary: step, final metrics (train/ and val/), every output path that exists, and the
+    commands that sample / evaluate the export (`eval_name`: the run's evaluation protocol, if any; `merged_note`:
+    how the merged export samples)."""
+    run = Path(run_dir)
+    lines = [f"wadi: run finished at step {trainer.global_step}. Results in {run}/"]
+    for prefix in ("train/", "val/"):
+        shown = [
+            f"{k.removeprefix(prefix)} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith(prefix)
+        ]
+        if shown:
+            lines.append(f"  {prefix[:-1] + ' metrics':<14}" + ", ".join(shown))
+    last = run / CHECKPOINT_DIR / "last.ckpt"
+    rows: list[tuple[str, Any]] = [("config", run / "config.yaml")]
+    if last.is_file():
+        rows.append(("checkpoint", f"{last}  (resume: rerun with ckpt_path=last)"))
+    rows.append(("samples", _latest(run / "samples", "step*.png")))
+    rows.append(("eval metrics", _latest(run / "eval", "step*.json")))
+    rows.append(("eval grid", _latest(run / "eval", "step*.png")))
+    rows.extend(_logger_paths(trainer))
+    if (run / "train.log").is_file():
+        rows.append(("console log", run / "train.log"))
+    if outputs.get("adapters"):
+        rows.append(("adapters", outputs["adapters"]))
+    if outputs.get("merged"):
+        merged = outputs["merged"]
+        rows.append(("merged model", f"{merged}  ({merged_note})"))
+        rows.append(
+            ("sample", f"python -m wadi.sample model={merged} prompts='a large red circle at the left'")
+        )
+        if eval_name:
+            rows.append(("evaluate", f"python -m wadi.evaluate model={merged} eval={eval_name}"))
+    lines += [f"  {label:<14}{value}" for label, value in rows if value]
+    return "\n".join(lines)

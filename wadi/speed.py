@@ -18,6 +18,14 @@ pass builds the adapters' W'.
 
 Compiled graphs take parameters as inputs, so adapter updates never trigger a recompile; a new batch
 size or role does (once), which is why the sampler pads its last batch.
+
+`cuda_graphs=true` (issue 16, item 7: the toy lab's step is bound by the host, ~10k aten ops a step,
+experiments/fastlab/NOTES.md) compiles the same graphs with mode="reduce-overhead": inductor's cudagraph trees
+record each compiled pass (and AOTAutograd's backward under `compile=all`) once and replay it with one launch;
+`WaDiModule.training_step` marks each training step's start (`torch.compiler.cudagraph_mark_step_begin`),
+so a step's graph outputs may be overwritten by the next step, never within one. A graphed pass builds its
+adapters' W' inside the graph (traced, fused by inductor) instead of before it (`wadi.adapters.prerotate`):
+eager, they would be the largest host cost left, and graph inputs copied at every replay. CUDA only.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ class SpeedOptions:
     gradient_checkpointing: recompute every block in backward, under the role that ran its forward.
     compute_dtype: run the base natively in this dtype with autocast off (a bf16 base: autocast would run
         every norm in float32 and round-trip activations through memory); None: the caller's autocast.
+    cuda_graphs: replay the compiled passes as CUDA graphs (torch.compile mode="reduce-overhead"); needs
+        `compile` true or all, the inductor backend and a CUDA device.
     """
 
     compile: bool | str = False
@@ -60,6 +70,7 @@ class SpeedOptions:
     group_rotations: bool = True
     gradient_checkpointing: bool = False
     compute_dtype: torch.dtype | None = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_CHOICES:
@@ -73,6 +84,23 @@ class SpeedOptions:
                 "the compiled graph are untested); use compile=all for speed or gradient_checkpointing=true "
                 "for memory"
             )
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        if self.cuda_graphs and not self.compile:
+            raise ValueError(
+                "cuda_graphs=true replays the compiled VSD passes as CUDA graphs, and compile=false compiles "
+                "none: set compile=all (every pass, the fast lab) or compile=true (the no-grad CFG passes)"
+            )
+        if self.cuda_graphs and self.compile_backend != "inductor":
+            raise ValueError(
+                f"cuda_graphs=true needs compile_backend=inductor (its cudagraph trees), got "
+                f"{self.compile_backend!r}"
+            )
+
+    @property
+    def compile_mode(self) -> str | None:
+        """torch.compile's mode for the passes: "reduce-overhead" (CUDA graphs) or None (its default)."""
+        return "reduce-overhead" if self.cuda_graphs else None
 
     @property
     def graphs(self) -> int:
@@ -103,10 +131,24 @@ def compile_sampler(backbone, mode: str | None = None, backend: str | Callable =
         backbone.vae.decoder.compile(mode=mode, backend=backend, **STATIC)
 
 
-def compile_passes(model: nn.Module, backend: str | Callable, graphs: int) -> nn.Module:
+def compile_passes(
+    model: nn.Module, backend: str | Callable, graphs: int, mode: str | None = None
+) -> nn.Module:
     """A whole-graph compiled `model` for a denoiser's VSD passes, making room for its `graphs` graphs.
 
-    Lazy: nothing is traced before the first call. `Denoiser.set_speed` calls it.
+    Lazy: nothing is traced before the first call. `Denoiser.set_speed` calls it. `mode`: torch.compile's
+    ("reduce-overhead": CUDA graphs; `SpeedOptions.compile_mode`).
     """
     make_room(graphs)
-    return torch.compile(model, backend=backend, **STATIC)
+    return torch.compile(model, backend=backend, mode=mode, **STATIC)
+
+
+def check_cuda_graphs_device(speed: SpeedOptions, device: torch.device) -> None:
+    """Refuse `cuda_graphs=true` on a device without CUDA graphs, naming the device and the way out."""
+    if speed.cuda_graphs and torch.device(device).type != "cuda":
+        from wadi.config import ConfigError
+
+        raise ConfigError(
+            f"cuda_graphs=true replays the compiled passes as CUDA graphs, which need a CUDA device; this run "
+            f"trains on {torch.device(device).type}. Drop cuda_graphs=true (or train on a GPU: trainer.accelerator=gpu)"
+        )

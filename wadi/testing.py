@@ -254,7 +254,7 @@ def compose_config(overrides: list[str], name: str = "config", **kwargs):
     to Hydra's `compose` (e.g. return_hydra_config=True)."""
     from hydra import compose, initialize_config_dir
 
-    from wadi.config import CONF_DIR
+    from wadi.config import CONF_DIR, null_group_overrides
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=list(overrides), **kwargs)
+        return compose(name, overrides=null_group_overrides(overrides), **kwargs)

@@ -119,17 +119,10 @@ def resolve_run_dir(cfg: DictConfig) -> str:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str) -> str | None:
-    """None (fresh run), "last" (<run_dir>/checkpoints/last.ckpt, which must exist), "auto" (last.ckpt if it
-    exists, else a fresh run: what a requeued cluster job wants), or a checkpoint path."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if ckpt_path == "auto":
-        return str(last) if last.is_file() else None
-    path = last if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
-    return str(path)
+    """wadi.runs.resolve_ckpt_path (kept here: scripts import it from wadi.train)."""
+    from wadi.runs import resolve_ckpt_path as resolve
+
+    return resolve(ckpt_path, run_dir)
 
 
 def _instantiate_plain(config, **kwargs):
@@ -145,6 +138,17 @@ def _instantiate_plain(config, **kwargs):
         raise
 
 
+def check_prompts(datamodule) -> None:
+    """Read the training prompts now (they load lazily otherwise, after the model): a missing, unreadable or
+    mostly malformed prompt file becomes one ConfigError naming `dataset.source`."""
+    if not hasattr(datamodule, "prompts"):
+        return
+    try:
+        datamodule.prompts()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"dataset.source: {err}") from None
+
+
 def build_module(cfg: DictConfig, **kwargs):
     """The configured module; its nested nodes (method, optimizer) are built by the module, and `kwargs`
     (text_encoder, run_config) pass through as given."""
@@ -158,11 +162,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from wadi import runs
     from wadi.callbacks.checkpoint_io import AtomicCheckpointIO
+    from wadi.console import quiet_console
     from wadi.distributed import is_sharded
     from wadi.export import export_adapters, export_merged
 
     validate_train_config(cfg)  # one clean error naming the key, before anything slow loads
     runs.check_training_config(cfg)  # max_steps >= 1 (trainer.max_steps too)
+    quiet_console()  # each Lightning line once, no tips or third-party deprecations
     if cfg.dry_run:
         return {"parameters": dry_run(cfg)}, {}
 
@@ -178,10 +184,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # The frozen text encoder and VAE stay in eval mode on purpose (no dropout in the teacher's parts).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
+    check_prompts(datamodule)  # a missing or malformed prompt file fails here, before any model loads
     runs.prepare_run_dir(cfg, run_dir, ckpt_path)  # no mixed runs; a refused resume leaves config.yaml as is
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = _instantiate_plain(cfg.dataset, _convert_="all")
     # With a text-embedding cache the module is given the cache as its text encoder, and the backbone's is never
     # loaded (T5-XXL alone is ~9.5 GB in fp16).
     text_encoder = datamodule.text_encoder() if hasattr(datamodule, "text_encoder") else None
@@ -189,8 +196,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if cfg.get("eval") and cfg.get("eval_callback"):
         callbacks.append(instantiate(cfg.eval_callback, evaluator=cfg.eval))
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = False
+    if cfg.get("logger"):  # W&B: a resume continues the run's W&B run; every logger gets the whole config
+        logger = instantiate(cfg.logger, **runs.logger_kwargs(cfg.logger, run_dir, ckpt_path is not None))
+        logger.log_hyperparams(resolved)
     callbacks = runs.with_run_checkpoint(callbacks, run_dir, cfg)  # checkpoints in <run_dir>/checkpoints
+    callbacks.append(runs.ConfiguredLearningRates())  # a resume with a new lr trains at it
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
@@ -208,18 +219,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         objects["adapters"] = export_adapters(whole, export_dir / "adapters.safetensors")
         objects["merged"] = export_merged(whole, export_dir / "merged")
     if trainer.is_global_zero:
-        print(f"\nwadi: run finished at step {trainer.global_step}. Results in {run_dir}/")
-        print(f"  config        {run_dir}/config.yaml")
-        print(f"  checkpoints   {run_dir}/checkpoints/ (resume: rerun with ckpt_path=last)")
-        print(f"  samples       {run_dir}/samples/")
-        if "merged" in objects:
-            print(f"  adapters      {objects['adapters']}")
-            own = hasattr(
-                module.student, "export_info"
-            )  # a method's own student (TiUE): its pipeline, not stock
-            how = f"the {module.method.name} student: wadi.sample" if own else "stock diffusers, one step"
-            print(f"  merged model  {objects['merged']}  ({how})")
-            print(f"  sample        python -m wadi.sample model={objects['merged']} prompts='[\"...\"]'")
+        eval_name = cfg.eval.get("name") if cfg.get("eval") else None
+        own = hasattr(
+            module.student, "export_info"
+        )  # a method's own student (TiUE, SwD): its pipeline, not stock
+        note = (
+            f"the {module.method.name} student: wadi.sample or its custom pipeline"
+            if own
+            else "stock diffusers, one step"
+        )
+        print("\n" + runs.final_report(trainer, run_dir, metrics, objects, eval_name, merged_note=note))
     return metrics, objects
 
 
@@ -238,13 +247,22 @@ def _whole_copy(cfg: DictConfig, module):
 
 
 @hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
     except ConfigError as err:  # a user's mistake: one paragraph, no traceback
         print(f"wadi.train: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
     return metrics.get("train/loss_generator")
+
+
+def main() -> float | None:
+    """`python -m wadi.train [overrides]`; `eval=null` (any `group=null`) turns that group off, as `~eval` does."""
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(sys.argv[1:], "wadi.train", __doc__, "config.yaml")
+    sys.argv[1:] = wadi.config.null_group_overrides(sys.argv[1:])
+    return _main()
 
 
 if __name__ == "__main__":

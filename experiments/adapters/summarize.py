@@ -6,10 +6,12 @@
 Run names follow the plan files (experiments/adapters/plans/): <backbone>_<kind>_<budget>_s<seed>, backbone
 `sd` (toy-sd) or `px` (toy-pixart), kind lorad/lora/dora/full, budget A/B (full: `F`). Runs that differ only by
 seed form one cell. Writes <out>/table.md (mean +- sample standard deviation over seeds, and the seed count:
-at each run's last evaluation, and at the last evaluation step every run of that backbone reached, so cells
-that ran at different speeds are also compared at equal steps) and <out>/curves.png (prompt accuracy and toy
-FID against steps; the line is the seed mean, the band the min-max over seeds). With --weights <dir>...
-(experiments/adapters/weights_gpu.sh's $OUT/weights), also <out>/weights.md: the weight analysis per student.
+at each run's last evaluation, and at the last evaluation step every run of that backbone has, so cells that ran
+at different speeds are also compared at equal steps) and <out>/curves.png (per backbone: prompt accuracy and toy
+FID against steps, and accuracy against toy FID; one line per run). With --weights <dir>...
+(experiments/adapters/weights_gpu.sh's $OUT/weights), also <out>/weights.md: the weight analysis per student and
+per block, with the toy-protocol scores of each student and its two swaps from <dir>/<run>/eval_*.json or from
+<dir>/swapeval.json (entries se_<run>_<student|swap_teacher_norms|swap_teacher_directions>).
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def table(runs: list[dict]) -> str:
     for backbone in ("sd", "px"):
         chosen = {k: v for k, v in grouped.items() if k[0] == backbone}
         finished = [r for rs in chosen.values() for r in rs if r["evals"]]
-        # The last evaluation step that every run of this backbone reached.
-        common = min((max(e["step"] for e in r["evals"]) for r in finished), default=None)
+        # The last evaluation step that every run of this backbone has (runs stop on wall time, so their own
+        # last evaluations fall at different steps; the regular every-N-steps evaluations are shared).
+        shared = set.intersection(*({e["step"] for e in r["evals"]} for r in finished)) if finished else set()
+        common = max(shared, default=None)
         for (_, kind, budget), rs in sorted(chosen.items(), key=lambda kv: order(kv[0])):
             done = [r for r in rs if r["evals"]]
             o = parse_overrides(rs[0]["overrides"])
@@ -109,76 +113,128 @@ def table(runs: list[dict]) -> str:
 
 
 def curves(runs: list[dict], out: Path) -> None:
+    """Per backbone: prompt accuracy and toy FID against steps, and accuracy against FID (the trade-off).
+
+    One thin line per run through its own evaluations (runs stop on wall time at different steps, so a seed mean
+    exists only at the shared evaluation steps); colour = adapter kind and budget, solid = budget A or full,
+    dashed = budget B."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grouped = cells(runs)
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex="col")
-    for col, backbone in enumerate(("sd", "px")):
+    present = [b for b in BACKBONES if any(k[0] == b for k in grouped)]
+    fig, axes = plt.subplots(len(present), 3, figsize=(16, 4.6 * len(present)), squeeze=False)
+    for row, backbone in enumerate(present):
         chosen = sorted(((k, v) for k, v in grouped.items() if k[0] == backbone), key=lambda kv: order(kv[0]))
+        ax_acc, ax_fid, ax_trade = axes[row]
         for i, ((_, kind, budget), rs) in enumerate(chosen):
-            label = f"{kind} {budget} ({len(rs)} seeds)"
-            style = "-" if budget in ("A", "F") else "--"
-            for row, metric in enumerate(("prompt_accuracy", "toy_fid")):
-                by_step: dict[int, list[float]] = defaultdict(list)
-                for r in rs:
-                    for e in r["evals"]:
-                        by_step[e["step"]].append(e[metric])
-                # Only steps every seed reached: a band over fewer seeds would mislead.
-                steps = sorted(s for s, v in by_step.items() if len(v) == len(rs))
-                if not steps:
-                    continue
-                mean = [statistics.fmean(by_step[s]) for s in steps]
-                ax = axes[row, col]
-                ax.plot(steps, mean, style, marker="o", ms=3, color=f"C{i}", label=label)
-                ax.fill_between(
-                    steps,
-                    [min(by_step[s]) for s in steps],
-                    [max(by_step[s]) for s in steps],
-                    color=f"C{i}",
-                    alpha=0.15,
+            o = parse_overrides(rs[0]["overrides"])
+            rank = "" if kind == "full" else f" r={o.get('rank', '?')}"
+            what = "every targeted Linear" if budget == "F" else f"budget {budget}"
+            label = f"{kind}{rank} ({what}), {len(rs)} seed{'s' * (len(rs) > 1)}"
+            style = "--" if budget == "B" else "-"
+            for j, r in enumerate(rs):
+                steps = [e["step"] for e in r["evals"]]
+                acc = [e["prompt_accuracy"] for e in r["evals"]]
+                fid = [e["toy_fid"] for e in r["evals"]]
+                kw = dict(
+                    color=f"C{i}", marker="o", ms=4, lw=1.2, alpha=0.85, label=label if j == 0 else None
                 )
-        axes[0, col].set_title(f"{BACKBONES[backbone]}: prompt accuracy (1000 held-out samples)")
-        axes[1, col].set_title(f"{BACKBONES[backbone]}: toy FID")
-        axes[0, col].set_ylim(0, 1)
-        axes[1, col].set_xlabel("training step")
-        axes[0, col].legend(fontsize=7, loc="lower right")
-    axes[0, 0].set_ylabel("prompt accuracy")
-    axes[1, 0].set_ylabel("toy FID")
+                ax_acc.plot(steps, acc, style, **kw)
+                ax_fid.plot(steps, fid, style, **kw)
+                ax_trade.plot(fid, acc, style, **kw)
+        name = BACKBONES[backbone]
+        ax_acc.set_title(f"{name}: prompt accuracy (toy protocol, 1000 samples)")
+        ax_fid.set_title(f"{name}: toy FID (lower is closer to the real renders)")
+        ax_trade.set_title(f"{name}: accuracy vs toy FID (one line per run)")
+        ax_acc.set(xlabel="training step", ylabel="prompt accuracy")
+        ax_fid.set(xlabel="training step", ylabel="toy FID")
+        ax_trade.set(xlabel="toy FID", ylabel="prompt accuracy")
+        ax_acc.legend(fontsize=7, loc="lower right")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+SCORES = ("student", "swap_teacher_norms", "swap_teacher_directions")
+
+
+def swap_scores(root: Path, run: str) -> dict[str, dict | None]:
+    """The toy-protocol metrics of a student and its two swaps: <root>/<run>/eval_<name>.json (weights_gpu.sh), or
+    the entries se_<run>_<name> of <root>/swapeval.json (the metrics of a separate evaluation call, merged)."""
+    merged = root / "swapeval.json"
+    flat = json.loads(merged.read_text()) if merged.is_file() else {}
+    out = {}
+    for name in SCORES:
+        path = root / run / f"eval_{name}.json"
+        out[name] = json.loads(path.read_text()) if path.is_file() else flat.get(f"se_{run}_{name}")
+    return out
 
 
 def weights_table(root: Path) -> str:
-    """The weight analysis of experiments/adapters/weights_gpu.sh: one row per student under `root`/<run>/."""
+    """The weight analysis of experiments/adapters/weights_gpu.sh: one row per student under `root`/<run>/, then
+    the direction/norm ratio and the SVD energy in 30% of rank per block."""
     lines = [
-        "| student | direction/norm ratio | mean angle (rad) | mean relative norm change | SVD energy @ 30% rank "
-        "| toy FID / accuracy: student | teacher norms | teacher directions |",
-        "|---|---|---|---|---|---|---|---|",
+        "| student | layers | direction/norm ratio | mean angle (rad) | mean relative norm change "
+        "| SVD energy @ 10% / 30% / 50% of rank | toy FID / accuracy: student | teacher norms (delta FID) "
+        "| teacher directions (delta FID) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def score(path: Path) -> str:
-        if not path.is_file():
+    def score(m: dict | None, base: dict | None = None) -> str:
+        if m is None:
             return "missing"
-        m = json.loads(path.read_text())
-        return f"{m['toy_fid']:.1f} / {m['prompt_accuracy']:.3f}"
+        text = f"{m['toy_fid']:.1f} / {m['prompt_accuracy']:.3f}"
+        return text + (f" ({m['toy_fid'] - base['toy_fid']:+.1f})" if base else "")
 
-    for run in sorted(p for p in root.iterdir() if p.is_dir()):
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    summaries = {}
+    for run in runs:
         summary = run / "summary.json"
         if not summary.is_file():
-            lines.append(f"| {run.name} | missing | | | | | | |")
+            lines.append(f"| {run.name} | missing | | | | | | | |")
             continue
-        overall = json.loads(summary.read_text())["summary"]["overall"]
+        summaries[run.name] = json.loads(summary.read_text())["summary"]
+        overall = summaries[run.name]["overall"]
         ratio = overall["direction_norm_ratio"]
-        energy = overall.get("energy", {}).get("0.3")
+        energy = overall.get("energy") or {}
+        shares = " / ".join(f"{energy[f]:.1%}" if f in energy else "-" for f in ("0.1", "0.3", "0.5"))
+        scores = swap_scores(root, run.name)
+        base = scores["student"]
         lines.append(
-            f"| {run.name} | {'undefined' if ratio is None else f'{ratio:.1f}x'} | {overall['angle']['mean']:.3g} "
-            f"| {overall['norm_change']['mean']:.3g} | {'-' if energy is None else f'{energy:.1%}'} "
-            f"| {score(run / 'eval_student.json')} | {score(run / 'eval_swap_teacher_norms.json')} "
-            f"| {score(run / 'eval_swap_teacher_directions.json')} |"
+            f"| {run.name} | {overall['layers']} | {'undefined' if ratio is None else f'{ratio:.1f}x'} "
+            f"| {overall['angle']['mean']:.3g} | {overall['norm_change']['mean']:.3g} | {shares} "
+            f"| {score(base)} | {score(scores['swap_teacher_norms'], base)} "
+            f"| {score(scores['swap_teacher_directions'], base)} |"
         )
+    if summaries:
+        names = list(summaries)
+        blocks = list(next(iter(summaries.values()))["blocks"])
+        lines += [
+            "",
+            "Per block: direction/norm ratio (mean angle / mean relative norm change), SVD energy in 30% of rank.",
+            "",
+            "| block | layers | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for block in blocks:
+            cells_ = []
+            for name in names:
+                b = summaries[name]["blocks"].get(block)
+                if b is None:
+                    cells_.append("-")
+                    continue
+                ratio = b["direction_norm_ratio"]
+                e30 = (b.get("energy") or {}).get("0.3")
+                cells_.append(
+                    f"{'undefined' if ratio is None else f'{ratio:.1f}x'}, {'-' if e30 is None else f'{e30:.0%}'}"
+                )
+            layers = next(s["blocks"][block]["layers"] for s in summaries.values() if block in s["blocks"])
+            lines.append(f"| {block} | {layers} | " + " | ".join(cells_) + " |")
     return "\n".join(lines) + "\n"
 
 

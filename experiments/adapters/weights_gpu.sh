@@ -8,6 +8,7 @@
 # Writes $OUT/weights/<run>/{summary.json,blocks.png,svd_energy.png,eval_student.json,eval_swap_teacher_norms.json,
 # eval_swap_teacher_directions.json,*.log}; the swap models themselves stay in /tmp (tens of MB each).
 # Students run concurrently; LIMIT (seconds, default 75) caps each step so the call's other outputs still come back.
+# EVAL_ARGS: extra wadi.evaluate overrides (a CPU check: EVAL_ARGS="eval.n_samples=16 device=cpu").
 set -uo pipefail
 out=$1; asset=$2; shift 2
 py=${PYTHON:-python3}
@@ -23,7 +24,7 @@ for run in "$@"; do
     cp "$work"/summary.json "$work"/*.png "$dest"/ 2>/dev/null
     evals=(); for model in "$student" "$work/swap_teacher_norms" "$work/swap_teacher_directions"; do
       name=$(basename "$model"); [[ $model == "$student" ]] && name=student
-      ( timeout "$limit" $py -m wadi.evaluate model="$model" eval=toy out="$work/eval_$name" > "$dest/eval_$name.log" 2>&1
+      ( timeout "$limit" $py -m wadi.evaluate model="$model" eval=toy out="$work/eval_$name" ${EVAL_ARGS:-} > "$dest/eval_$name.log" 2>&1
         cp "$work/eval_$name/metrics.json" "$dest/eval_$name.json" 2>/dev/null ) &
       evals+=($!)
     done

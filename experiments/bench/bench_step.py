@@ -20,10 +20,20 @@ A variant is a spec string: `ref` or `wadi`, then `+option`s:
   gradcompile  wadi's `compile=all`: the passes with gradients (generator, fake score) compiled too
   layoutopt inductor's layout optimization forced on (its heuristic turns it off for the SD U-Net, whose
             up blocks have convs with in_channels >= 2 x out_channels): the compiled graphs run convs NHWC
-  cudagraphs  the compiled graphs replayed as CUDA graphs (inductor's cudagraph trees, mode="reduce-overhead")
+  cudagraphs  wadi's `cuda_graphs=true`: the compiled graphs replayed as CUDA graphs (inductor's cudagraph
+            trees, mode="reduce-overhead"; the module marks each step); needs cfgcompile or gradcompile
   flash     SDPA restricted to the flash-attention backend (default: PyTorch's choice, cuDNN on H100)
   profile   profile one extra step and break its GPU time down by kernel kind and by op + input shapes
-`wadi+autocast+unfused` is the module as it was before this benchmark's changes.
+`wadi+autocast+unfused` is the module as it was before this benchmark's changes. Without `fadam` the AdamW is
+torch's default (foreach on CUDA), whose guard costs one host sync per optimizer step; with it, one per training step
+(`wadi.distill.guards.StepGuard`). wadi rows report the losses of steps 1 and 2 (`loss_*_step1`, `_step2`; weights and
+adapters seeded alike in every variant; step 1's generator loss is 0, the fake score starting as the teacher): a
+lever that keeps the math keeps them within bf16 tolerance.
+
+The toy lab (issue 16, item 7; experiments/fastlab/NOTES.md):
+
+    TORCH_LOGS=perf_hints python -m experiments.bench.bench_step --batch 256 --warmup 5 --steps 20 --budget 150 \
+        --plan "toy:wadi+fadam,wadi+fadam+gradcompile+cudagraphs;toy_pixart:wadi+fadam,wadi+fadam+gradcompile+cudagraphs"
 
     python -m experiments.bench.bench_step --plan "sd15:ref,ref+ckpt,wadi,wadi+ckpt" --out results/
 
@@ -283,7 +293,7 @@ class StepClock:
             self._mode = None
 
 
-def lightning_clock(clock: StepClock, on_start=None, mark_cudagraph_steps: bool = False):
+def lightning_clock(clock: StepClock, on_start=None, first_losses: dict | None = None):
     import lightning as L
 
     class _Clock(L.Callback):
@@ -296,12 +306,16 @@ def lightning_clock(clock: StepClock, on_start=None, mark_cudagraph_steps: bool 
                 torch.cuda.reset_peak_memory_stats(clock.device)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if mark_cudagraph_steps:  # a new training iteration: earlier graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
             clock.start(batch_idx)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             clock.stop(batch_idx)
+            if (
+                batch_idx < 2 and first_losses is not None
+            ):  # steps 1-2's losses (read after the clock stopped)
+                metrics = trainer.callback_metrics
+                for key in ("loss_generator", "loss_fake_score"):
+                    first_losses[f"{key}_step{batch_idx + 1}"] = float(metrics[f"train/{key}"])
 
     return _Clock()
 
@@ -440,6 +454,7 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
     import lightning as L
 
     device = torch.device(args.device)
+    torch.manual_seed(0)  # the same random base and adapters in every variant: step 1's losses compare
     module = build_wadi_module(
         arch_name,
         device,
@@ -448,6 +463,7 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         gradient_checkpointing=variant.has("ckpt"),
         compile_passes="all" if variant.has("gradcompile") else variant.has("cfgcompile"),
         base_dtype="float32" if variant.has("fp32base") else "auto",
+        cuda_graphs=variant.has("cudagraphs"),
     )
     info: dict = {}
 
@@ -485,7 +501,7 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
         enable_model_summary=False,
         num_sanity_val_steps=0,
         benchmark=True if variant.has("cudnn") else None,
-        callbacks=[lightning_clock(clock, on_start, mark_cudagraph_steps=variant.has("cudagraphs"))],
+        callbacks=[lightning_clock(clock, on_start, first_losses=info)],
     )
     try:
         with sdpa_backend(variant), inductor_options(variant):
@@ -499,12 +515,10 @@ def run_wadi(arch_name: str, arch: Arch, variant: Variant, args, clock: StepCloc
 
 
 def inductor_options(variant: Variant):
-    """The `layoutopt` and `cudagraphs` options: inductor config read when the graphs compile (first steps)."""
+    """The `layoutopt` option: inductor config read when the graphs compile (first steps)."""
     patch = {}
     if variant.has("layoutopt"):
         patch["force_layout_optimization"] = True
-    if variant.has("cudagraphs"):
-        patch["triton.cudagraphs"] = True
     if not patch:
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config

@@ -180,19 +180,18 @@ def test_gradient_checkpointing_recomputes_under_the_forward_role(tiny_sd_cfg):
     randomize(plain.fake_score_parameters())
     ckpt = copy.deepcopy(plain)
     ckpt.denoiser.update_speed(gradient_checkpointing=True)
+    assert ckpt.denoiser.model.is_gradient_checkpointing
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([999, 400])
     grads = []
     for m in (plain, ckpt):
         m.train()
-        rng = torch.Generator().manual_seed(7)
-        cond, uncond = m.conditioning({"prompt": PROMPTS}), m.null_conditioning()
-        gen = m.generator_step(cond, uncond, rng)
-        fake = m.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
-        with use_adapter(
-            "fake_score"
-        ):  # another role active at backward time must not leak into the recompute
-            (gen["loss"] + fake["loss"]).backward()
+        cond = m.conditioning({"prompt": PROMPTS})
+        loss = sum(m.denoiser(x, t, cond, role).square().mean() for role in ("generator", "fake_score"))
+        with use_adapter(None):  # the teacher active at backward time must not leak into the recomputation
+            loss.backward()
         grads.append([p.grad.clone() for p in m.generator_parameters() + m.fake_score_parameters()])
-    assert len(grads[0]) > 0 and any(g.abs().sum() > 0 for g in grads[0])
+    assert len(grads[0]) > 0 and all(g.abs().sum() > 0 for g in grads[0])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
 

@@ -28,8 +28,8 @@ class Logger:
     def __init__(self) -> None:
         self.images = []
 
-    def log_image(self, key, images, step):
-        self.images.append((key, images, step))
+    def log_image(self, key, images, step, **kwargs):
+        self.images.append((key, images, step, *kwargs.values()))
 
 
 def trainer(root, step=7, zero=True, logger=None):
@@ -76,7 +76,8 @@ def test_sample_grid_callback(tmp_path):
     cb.on_train_batch_end(trainer(tmp_path, step=5, logger=logger), module, None, None, 0)
     assert module.calls[0][2:] == (["a", "a", "b", "b"], [3, 4, 5, 6])
     out = tmp_path / "samples" / "step0000005.png"
-    assert Image.open(out).size == (4 * 10 + 2, 10 + 2)  # nrow = seeds_per_prompt * min(4, prompts)
-    assert logger.images == [("samples", [str(out)], 5)]
+    width, height = Image.open(out).size  # one row per prompt (its seeds), its caption on the left
+    assert width > 2 * 10 + 2 + 100 and 2 * 10 + 2 <= height < 3 * (10 + 12)
+    assert logger.images == [("samples", [str(out)], 5, ["row 1: a | row 2: b"])]
     cb.on_train_batch_end(trainer(tmp_path, step=6), module, None, None, 0)
     assert len(module.calls) == 1

@@ -88,7 +88,9 @@ def test_cli_teacher_and_hybrid_student(tiny_sd_dir, module, tmp_path):
     )
     listing = json.loads((tmp_path / "t" / "prompts.json").read_text())
     assert [r["frames"] for r in listing] == [3, 3]
-    assert Image.open(tmp_path / "t" / "trajectory_01.png").size == (3 * 18 + 2, 20)
+    assert listing[0]["labels"] == ["t=999", "t=666", "t=332"]  # each frame's timestep, written under it
+    width, height = Image.open(tmp_path / "t" / "trajectory_01.png").size
+    assert width == 3 * 18 + 2 and height > 20
 
     export = export_merged(module, tmp_path / "student")
     main(
@@ -102,7 +104,12 @@ def test_cli_teacher_and_hybrid_student(tiny_sd_dir, module, tmp_path):
             f"out={tmp_path / 's'}",
         ]
     )
-    assert Image.open(tmp_path / "s" / "trajectory_00.png").size == (3 * 18 + 2, 20)
+    assert json.loads((tmp_path / "s" / "prompts.json").read_text())[0]["labels"] == [
+        "t=999 teacher",
+        "t=899 teacher",
+        "t=799 student",
+    ]
+    assert Image.open(tmp_path / "s" / "trajectory_00.png").size[0] == 3 * 18 + 2
 
 
 def fake_trainer(root, step=10):

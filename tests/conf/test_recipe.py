@@ -35,6 +35,8 @@ def test_wadi_recipe_keeps_the_measured_toy_defaults():
     sd, px = _compose("backbone=toy"), _compose("backbone=toy_pixart")
     assert (sd.vsd.guidance_scale, sd.vsd.fake_guidance_scale) == (4.5, 1.0)
     assert (px.vsd.guidance_scale, px.vsd.fake_guidance_scale) == (3.0, 1.0)
-    assert px.backbone.alpha_T == pytest.approx(0.0685565) and sd.backbone.alpha_T is None
+    assert (
+        px.backbone.alpha_T == pytest.approx(0.0685565) and sd.backbone.alpha_T == 0.15
+    )  # CPU job: 0.715 -> 0.861
     assert _compose("backbone=pixart").backbone.alpha_T == pytest.approx(0.0685565)
     assert _compose("experiment=wadi_pixart").backbone.alpha_T == pytest.approx(0.0685565)

@@ -60,6 +60,15 @@ class FullLinear(nn.Module):
         base = innermost(base_layer)
         self.in_features, self.out_features = base.in_features, base.out_features
 
+    @property
+    def weight(self) -> Tensor:
+        """The frozen base weight (code that reads `layer.weight`, e.g. for its dtype, sees the base as with peft)."""
+        return innermost(self.base_layer).weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return innermost(self.base_layer).bias
+
     def add_adapter(self, name: str) -> None:
         if name in self.full:
             raise ValueError(f"layer {self.layer_name} already has an adapter named {name!r}")

@@ -18,21 +18,25 @@ def plot_blocks(summary: dict, path: Path) -> Path:
     x = list(range(len(names)))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(names) + 3), 4))
     panels = (
-        ("norm_change", "relative row-norm change", "C0"),
-        ("angle", "row-direction change (angle, rad)", "C1"),
+        ("norm_change", "relative row-norm change", "|‖b_i‖ - ‖a_i‖| / ‖a_i‖", "C0"),
+        ("angle", "row-direction change", "angle(a_i, b_i) [rad]", "C1"),
     )
-    for ax, (key, label, color) in zip(axes, panels):
+    for ax, (key, label, ylabel, color) in zip(axes, panels):
         ax.bar(
             x, [b[key]["mean"] for b in blocks], yerr=[b[key]["std"] for b in blocks], color=color, capsize=2
         )
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_title(label, fontsize=10)
+        ax.set_xlabel("block (mean over its linear layers; error bar: std)", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    ratio = summary["overall"]["direction_norm_ratio"]
-    fig.suptitle(
-        "per block, mean over layers" + (f"; overall direction/norm = {ratio:.3g}x" if ratio else ""),
-        fontsize=10,
-    )
+    overall = summary["overall"]
+    ratio = overall["direction_norm_ratio"]
+    if overall["norm_change"]["mean"] == 0:
+        ratio_text = "; norms unchanged (to float precision)"
+    else:
+        ratio_text = f"; overall direction/norm = {ratio:.3g}x" if ratio else ""
+    fig.suptitle("per block, mean over layers" + ratio_text, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

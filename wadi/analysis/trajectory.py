@@ -2,7 +2,8 @@
 
 A sampler's intermediate x0 predictions show where the composition is decided: a multi-step teacher fixes
 the layout in its first step or two, which is why handing the one-step student a latent after k = 1
-teacher steps restores diversity. One horizontal strip per prompt, left to right = sampling steps.
+teacher steps restores diversity. One horizontal strip per prompt, left to right = sampling steps, each frame
+labelled with the timestep it was predicted at (and teacher / student for the hybrid).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from wadi.backbones.conditioning import Conditioning
 from wadi.backbones.denoiser import Denoiser
-from wadi.images import make_grid
+from wadi.images import labelled_strip, make_grid
 from wadi.samplers import build_sampler
 
 
@@ -70,13 +71,38 @@ def decode_trajectory(backbone, trajectory: Tensor, batch_size: int = 16) -> Ten
     return images.unflatten(0, (steps, batch)).transpose(0, 1)  # (B, S, 3, H, W)
 
 
-def trajectory_strip(frames: Tensor, pad: int = 2) -> np.ndarray:
-    """One prompt's frames (S, 3, H, W) side by side: uint8 (H + 2 pad, S (W + pad) + pad, 3)."""
+def frame_labels(sampler, alphas_cumprod: Tensor) -> list[str]:
+    """The timestep (and, for the hybrid and the student, the network) each trajectory frame was predicted at:
+    one label per step of `sampler` (a wadi.samplers sampler), e.g. ["t=999\nteacher", "t=959\nstudent"]."""
+    from wadi.diffusion import ddim_timesteps, generator_schedule
+    from wadi.samplers import DDIM, Hybrid
+
+    n = alphas_cumprod.shape[0]
+    if isinstance(sampler, DDIM):
+        return [f"t={t}" for t in ddim_timesteps(n, sampler.steps)]
+    if isinstance(sampler, Hybrid) and sampler.teacher_steps > 0:
+        ts = ddim_timesteps(n, sampler.schedule_steps)
+        k = sampler.teacher_steps
+        return [f"t={t}\nteacher" for t in ts[:k]] + ([f"t={ts[k]}\nstudent"] if k < len(ts) else [])
+    return [f"t={generator_schedule(alphas_cumprod, sampler.alpha_T)[0]}\nstudent"]  # one step at T
+
+
+def trajectory_strip(frames: Tensor, pad: int = 2, labels: Sequence[str] | None = None) -> np.ndarray:
+    """One prompt's frames (S, 3, H, W) side by side: uint8 (H + 2 pad, S (W + pad) + pad, 3); with `labels`
+    (one per frame, e.g. its timestep) written under the frames (`wadi.images.labelled_strip`)."""
+    if labels is not None:
+        return labelled_strip(frames, list(labels), pad=pad)
     return make_grid(frames, nrow=frames.shape[0], pad=pad)
 
 
-def save_strips(images: Tensor, directory: str | Path, names: Sequence[str], pad: int = 2) -> list[Path]:
-    """One PNG strip per prompt from (B, S, 3, H, W) images."""
+def save_strips(
+    images: Tensor,
+    directory: str | Path,
+    names: Sequence[str],
+    pad: int = 2,
+    labels: Sequence[str] | None = None,
+) -> list[Path]:
+    """One PNG strip per prompt from (B, S, 3, H, W) images; `labels`: one per frame (S), under each frame."""
     if images.ndim != 5 or len(names) != images.shape[0]:
         raise ValueError(
             f"expected (B, S, 3, H, W) images and B names, got {tuple(images.shape)}, {len(names)}"
@@ -86,7 +112,7 @@ def save_strips(images: Tensor, directory: str | Path, names: Sequence[str], pad
     paths = []
     for frames, name in zip(images, names):
         paths.append(directory / f"{name}.png")
-        Image.fromarray(trajectory_strip(frames, pad)).save(paths[-1])
+        Image.fromarray(trajectory_strip(frames, pad, labels)).save(paths[-1])
     return paths
 
 
@@ -127,12 +153,19 @@ def analyze_trajectory(
     seeds = [seed + i for i in range(len(prompts))]
     images = decode_trajectory(gen.backbone, generator_trajectory(gen, prompts, seeds))
     names = [f"trajectory_{i:02d}" for i in range(len(prompts))]
-    paths = save_strips(images, out, names)
+    labels = frame_labels(gen.sampler, gen.backbone.alphas_cumprod)  # each frame's timestep, under it
+    paths = save_strips(images, out, names, labels=labels)
     frames = images.shape[1]
     (Path(str(out)) / "prompts.json").write_text(
         json.dumps(
             [
-                {"file": p.name, "prompt": q, "seed": s, "frames": frames}
+                {
+                    "file": p.name,
+                    "prompt": q,
+                    "seed": s,
+                    "frames": frames,
+                    "labels": [x.replace("\n", " ") for x in labels],
+                }
                 for p, q, s in zip(paths, prompts, seeds)
             ],
             indent=2,

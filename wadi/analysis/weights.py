@@ -80,6 +80,17 @@ def direction_residual(w_a: Tensor, w_b: Tensor) -> Tensor:
 
 # A direction residual below this Frobenius norm per row is float64 rounding, not a rotation.
 RESIDUAL_FLOOR = 1e-10
+# A relative row-norm change below this many machine epsilons of the student's stored dtype is the rounding of
+# writing the weights (a LoRaD merge keeps every norm, and fp32 storage moves it by ~1e-7): reported as 0, so
+# the direction/norm ratio reads "norms unchanged" instead of a 3e6x ratio of rounding. Only the student's (b's)
+# dtype counts: the teacher is the reference and reading it rounds nothing, while a float16 teacher's eps would
+# put the floor at 1.6% and erase every norm change of the paper's size (0.1%) as "rounding".
+NORM_FLOOR_EPS = 16
+
+
+def norm_floor(*dtypes: torch.dtype) -> float:
+    """The relative norm change that is rounding for weights stored in `dtypes` (NORM_FLOOR_EPS eps)."""
+    return NORM_FLOOR_EPS * max(torch.finfo(d).eps if d.is_floating_point else 0.0 for d in dtypes)
 
 
 def energy_curve(matrix: Tensor, floor: float = 0.0) -> Tensor:
@@ -149,18 +160,22 @@ def layer_change(
 ) -> dict:
     """Everything the analysis reports for one linear layer (row means; NaN rows are left out).
 
-    Keys: name, block, shape, identical, norm_change, angle, one_minus_cos (row means), and with `svd`:
+    Keys: name, block, shape, identical, norm_change (a row's change below `norm_floor` of b's stored dtype is
+    rounding and counts as 0), angle, one_minus_cos (row means), and with `svd`:
     energy ({fraction: energy}) and curve (resampled energy curve, a list) of the direction residual,
     None for both when the residual is zero (below RESIDUAL_FLOOR per row: only rounding).
     """
+    floor = norm_floor(w_b.dtype)  # the student's storage rounding (see NORM_FLOOR_EPS)
     w_a, w_b = _pair(w_a, w_b, name)
     theta = angle_change(w_a, w_b)
+    change = norm_change(w_a, w_b)
+    change = torch.where(change < floor, torch.zeros_like(change), change)  # rounding: unchanged (NaN stays)
     row = {
         "name": name,
         "block": block_of(name),
         "shape": list(w_a.shape),
         "identical": bool(torch.equal(w_a, w_b)),
-        "norm_change": float(norm_change(w_a, w_b).nanmean()),
+        "norm_change": float(change.nanmean()),
         "angle": float(theta.nanmean()),
         "one_minus_cos": float((1 - torch.cos(theta)).nanmean()),
     }

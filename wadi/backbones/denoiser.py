@@ -67,8 +67,12 @@ class Denoiser(nn.Module):
                 self.model.disable_gradient_checkpointing()
         if not speed.compile:
             object.__setattr__(self, "_compiled", None)
-        elif self._compiled is None or speed.compile_backend != old.compile_backend:
-            compiled = compile_passes(self.model, speed.compile_backend, speed.graphs)
+        elif (
+            self._compiled is None
+            or speed.compile_backend != old.compile_backend
+            or speed.cuda_graphs != old.cuda_graphs
+        ):
+            compiled = compile_passes(self.model, speed.compile_backend, speed.graphs, speed.compile_mode)
             object.__setattr__(self, "_compiled", compiled)
         elif speed.graphs > old.graphs:
             make_room(
@@ -99,18 +103,24 @@ class Denoiser(nn.Module):
     def _run(
         self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, adapter: str | None
     ) -> Tensor:
-        with self.bound(adapter, x_t.device.type) as dtype:
+        with self.bound(adapter, x_t.device.type, model) as dtype:
             if dtype is None:
                 return self._eps(model, x_t, t, cond)
             return self._eps(model, x_t.to(dtype), t, cond.to(dtype=dtype))
 
     @contextmanager
-    def bound(self, adapter: str | None, device: str) -> Iterator[torch.dtype | None]:
+    def bound(
+        self, adapter: str | None, device: str, model: nn.Module | None = None
+    ) -> Iterator[torch.dtype | None]:
         """What one pass binds: the adapter role, its W' (pre-rotation) and the compute dtype. Yields the dtype
         the inputs must be cast to (None: as given). A student that calls parts of `model` itself (TiUE's encoder
-        and decoder) runs them inside one `bound` block, exactly as a forward runs."""
+        and decoder) runs them inside one `bound` block, exactly as a forward runs. `model`: the module the pass
+        calls (the compiled graph under CUDA graphs builds its own W')."""
         speed = self._speed
-        groups = self._rotation_groups(adapter)
+        # Under CUDA graphs a compiled pass builds its W' inside the graph (traced, fused by inductor): built here
+        # they would be ~4 eager launches per group of layers each way, and graph inputs copied at every replay.
+        graphed = speed.cuda_graphs and model is self._compiled
+        groups = None if graphed else self._rotation_groups(adapter)
         fused = speed.fused_rotation
         with use_adapter(adapter):
             if speed.compute_dtype is None:

@@ -34,8 +34,8 @@ class TextEncoder(nn.Module):
             return_tensors="pt",
         )
         device = next(self.encoder.parameters()).device
-        ids = tokens["input_ids"].to(device)
-        mask = tokens["attention_mask"].to(device) if self.use_mask else None
+        ids = _to_device(tokens["input_ids"], device)
+        mask = _to_device(tokens["attention_mask"], device) if self.use_mask else None
         embeds = self.encoder(ids, attention_mask=mask)[0]
         return embeds, mask
 
@@ -73,3 +73,11 @@ def load_text_encoder(
     model_cls = T5EncoderModel if config.model_type in ("t5", "umt5") else CLIPTextModel
     encoder = model_cls.from_pretrained(root / "text_encoder", torch_dtype=dtype, local_files_only=True)
     return TextEncoder(tokenizer, encoder, max_length, use_mask, source=str(root))
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` on `device`; to a GPU through pinned memory without blocking (a pageable copy syncs the host with the
+    GPU: one stall per training step that encodes its prompts)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

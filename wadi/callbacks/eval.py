@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from wadi.callbacks.images import generate_and_save, step_path
+from wadi.callbacks.images import generate_and_save, grid_caption, step_path
 from wadi.evaluation import evaluate_prompts
 
 
@@ -74,7 +74,8 @@ class EvalCallback(L.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(logged, step=step)
                 if hasattr(logger, "log_image"):
-                    logger.log_image(key="val/samples", images=[str(grid)], step=step)
+                    caption = grid_caption([p.caption for p in self._prompts()[: self.grid_size]])
+                    logger.log_image(key="val/samples", images=[str(grid)], step=step, caption=[caption])
         return metrics
 
     def _dir(self, trainer: L.Trainer) -> Path:
@@ -90,6 +91,7 @@ class EvalCallback(L.Callback):
             pl_module,
             lambda: pl_module.generate([p.caption for p in prompts], [p.seed for p in prompts]).float().cpu(),
             step_path(trainer, self.dirpath, "eval"),  # = self._dir(trainer) / f"step{step:07d}.png"
+            captions=[p.caption for p in prompts],
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -23,12 +23,14 @@ def generate_and_save(
     path: Path,
     nrow: int | None = None,
     log_key: str | None = None,
+    captions: list[str] | None = None,
 ) -> Path | None:
     """Run `make_images()` in eval mode without gradients on every rank (under trainer=fsdp the forward
     gathers shards: a collective), then on rank 0 save them as a grid at `path` and, with `log_key`, send
     it to the logger when it can log images. Returns the path on rank 0, None elsewhere.
 
     `make_images` returns (N, 3, H, W) images in [0, 1], or (B, S, 3, H, W) to save one row of S per entry.
+    `captions` (one per image): the grid has one captioned row per prompt, and the logged image its prompts.
     """
     was_training = pl_module.training
     pl_module.eval()
@@ -41,11 +43,20 @@ def generate_and_save(
         return None
     if images.ndim == 5:
         images, nrow = images.flatten(0, 1), images.shape[1]
-    save_grid(images, path, nrow=nrow)
+    save_grid(images, path, nrow=nrow, captions=captions)
     logger = trainer.logger
     if log_key is not None and logger is not None and hasattr(logger, "log_image"):
-        logger.log_image(key=log_key, images=[str(path)], step=trainer.global_step)
+        extra = {"caption": [grid_caption(captions)]} if captions else {}  # W&B shows it under the image
+        logger.log_image(key=log_key, images=[str(path)], step=trainer.global_step, **extra)
     return path
+
+
+def grid_caption(captions: list[str] | None) -> str:
+    """The caption of a logged grid: its prompts, one per row, in order."""
+    if not captions:
+        return ""
+    rows = list(dict.fromkeys(captions))
+    return " | ".join(f"row {i + 1}: {c}" for i, c in enumerate(rows))
 
 
 class PeriodicImages(L.Callback):

@@ -36,6 +36,7 @@ class SampleGridCallback(PeriodicImages):
             module,
             lambda: module.generate(prompts, seeds),
             step_path(trainer, self.dirpath, "samples"),
-            nrow=self.seeds_per_prompt * max(1, min(4, len(self.prompts))),
+            nrow=self.seeds_per_prompt,
             log_key="samples",
+            captions=prompts,  # one row per prompt, captioned
         )

@@ -12,6 +12,9 @@ from torch.utils.data import DataLoader
 class PromptDataModule(L.LightningDataModule):
     """Prompts from the toy world (`source: toy`) or a prompt file (JourneyDB JSONL, COCO JSON, text).
 
+    `grammar: toy` (set by the toy backbones' recipe defaults) refuses a prompt file that is mostly not toy
+    captions: the toy teachers know no other words.
+
     The stream restarts at the number of completed steps, so `ckpt_path=last` continues with exactly the
     batches an uninterrupted run would have seen.
     """
@@ -27,6 +30,7 @@ class PromptDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         sample_prompts: Sequence[str] = (),
         backbone: Mapping[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -38,6 +42,9 @@ class PromptDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.sample_prompts = list(sample_prompts)
         self.backbone = dict(backbone) if backbone is not None else None
+        self.grammar = (
+            grammar  # a prompt file's prompts must follow it (wadi.data.prompts.GRAMMARS), e.g. toy
+        )
         self._prompts: list[str] | None = None
         self._cache = None
 
@@ -51,7 +58,11 @@ class PromptDataModule(L.LightningDataModule):
                 from wadi.data.prompts import load_prompts
 
                 self._prompts = load_prompts(
-                    self.source, format=self.format, seed=self.seed, max_samples=self.max_samples
+                    self.source,
+                    format=self.format,
+                    seed=self.seed,
+                    max_samples=self.max_samples,
+                    grammar=self.grammar,
                 )
         return self._prompts
 

@@ -39,6 +39,25 @@ JSONL_KEYS = ("caption", "prompt", "text")
 _PEEK_LINES = 100
 
 
+def _toy_caption(prompt: str) -> bool:
+    from wadi.toy.world import parse_caption
+
+    try:
+        parse_caption(prompt)
+    except ValueError:
+        return False
+    return True
+
+
+# name -> (is this prompt in the grammar, what the grammar is): `load_prompts(grammar=...)`, `dataset.grammar`
+GRAMMARS = {
+    "toy": (
+        _toy_caption,
+        "in the toy grammar: 'a <small|large> <color> <shape> at the <position>', up to three joined by ' and '",
+    ),
+}
+
+
 class MalformedPromptWarning(UserWarning):
     """Some lines/entries of a prompt file were skipped (one warning per file, with the count)."""
 
@@ -204,13 +223,20 @@ def load_prompts(
     seed: int = 0,
     max_samples: int | None = None,
     shuffle: bool = True,
+    grammar: str | None = None,
 ) -> list[str]:
     """Normalised, de-duplicated prompts of a file, shuffled by `seed`, at most `max_samples` of them.
 
     The shuffle comes before the cut so `max_samples` is a uniform random subset; with `shuffle=False` the
     first `max_samples` distinct prompts in file order are kept. Malformed lines are skipped with one
-    `MalformedPromptWarning` (file, count, first bad line); a missing, unreadable or empty source raises.
+    `MalformedPromptWarning` (file, count, first bad line); a missing, unreadable or empty source raises, and so
+    does one whose entries are mostly (more than half) malformed: that is the wrong file or the wrong format.
+    `grammar` ("toy": wadi.toy.world's caption grammar) also counts a prompt outside that grammar as malformed.
     """
+    if grammar is not None and grammar not in GRAMMARS:
+        raise ValueError(
+            f"unknown prompt grammar {grammar!r} for {path}; expected null or one of {sorted(GRAMMARS)}"
+        )
     if format not in ("auto", *FORMATS):
         raise ValueError(f"unknown prompt format {format!r} for {path}; expected auto or one of {FORMATS}")
     if max_samples is not None and int(max_samples) < 1:
@@ -226,17 +252,32 @@ def load_prompts(
         parsed = _PARSERS[fmt](path)
     except (OSError, EOFError) as err:  # permissions, broken or truncated gzip
         raise OSError(f"cannot read prompt file {path} (expected {expected}): {err}") from err
+    expected_what = EXPECTED[fmt]
+    if grammar is not None:
+        ok, described = GRAMMARS[grammar]
+        outside = [p for p in parsed.prompts if not ok(p)]
+        if outside:
+            parsed.bad += len(outside)
+            parsed.prompts = [p for p in parsed.prompts if ok(p)]
+            expected_what += f", each prompt {described} (first outside it: {outside[0]!r})"
+    total = parsed.bad + len(parsed.prompts)
+    if parsed.bad * 2 > total:
+        raise ValueError(
+            f"prompt file {path}: {parsed.bad} of {total} {parsed.unit}s are malformed (read as {fmt}); expected "
+            f"{expected_what}. Is it the right file (and dataset.format)?"
+        )
     if parsed.bad:
         warnings.warn(
             MalformedPromptWarning(
-                f"{path}: skipped {parsed.bad} malformed {parsed.unit}(s) of {parsed.bad + len(parsed.prompts)} "
-                f"(first at {parsed.unit} {parsed.first_bad}); expected {EXPECTED[fmt]}"
+                f"{path}: skipped {parsed.bad} malformed {parsed.unit}(s) of {total}"
+                + (f" (first at {parsed.unit} {parsed.first_bad})" if parsed.first_bad is not None else "")
+                + f"; expected {expected_what}"
             ),
             stacklevel=2,
         )
     prompts = deduplicate(parsed.prompts)
     if not prompts:
-        raise ValueError(f"no prompts in {path}: read as {fmt}, expected {EXPECTED[fmt]}")
+        raise ValueError(f"no prompts in {path}: read as {fmt}, expected {expected_what}")
     if shuffle:
         order = np.random.default_rng(int(seed)).permutation(len(prompts))
         prompts = [prompts[i] for i in order]

@@ -303,6 +303,8 @@ class TeacherSampleDataModule(PromptDataModule):
         sample_prompts: Sequence[str] = (),
         backbone: Mapping[str, Any] | None = None,
         key: str = "dataset.path",
+        grammar: str
+        | None = None,  # the toy recipe's prompt-file check: the samples' prompts are the teacher's own
     ) -> None:
         if not path:
             raise ConfigError(

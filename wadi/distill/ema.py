@@ -28,7 +28,9 @@ class EMA(nn.Module):
     def update(self) -> None:
         """shadow <- decay * shadow + (1 - decay) * param."""
         shadows = self.shadows()
-        torch._foreach_lerp_(shadows, [p.detach().float() for p in self._params], 1.0 - self.decay)
+        # Under no_grad the parameters go in as they are: no per-tensor detach (one dispatch each).
+        params = [p if p.dtype == torch.float32 else p.float() for p in self._params]
+        torch._foreach_lerp_(shadows, params, 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to_params(self) -> None:

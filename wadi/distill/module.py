@@ -25,13 +25,13 @@ from torch import Tensor
 from wadi.adapters.base import role_adapters
 from wadi.backbones import Backbone, Conditioning, load_backbone
 from wadi.distill.ema import EMA
-from wadi.distill.guards import NONFINITE_CHOICES, NonFiniteError, all_finite, check_finite
+from wadi.distill.guards import NONFINITE_CHOICES, StepGuard, check_finite
 from wadi.distill.method import Method, _build, build_method, combine
 from wadi.distill.roles import RoleConfig
 from wadi.distill.vsd import VSDConfig
 from wadi.distributed import sync_gradients
 from wadi.samplers import seeded_noise
-from wadi.speed import SpeedOptions
+from wadi.speed import SpeedOptions, check_cuda_graphs_device
 
 if TYPE_CHECKING:
     from wadi.data.cache import TextEncoderLike
@@ -97,12 +97,14 @@ class WaDiModule(L.LightningModule):
         lr: float | None = None,
         fake_lr: float | None = None,
         vsd: Mapping[str, Any] | VSDConfig | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         """`generator` / `fake_score`: each role's {adapter, rank, lr, grad_clip} (`RoleConfig`). `method`: the
         student and loss terms (None: WaDi's one-step student and VSD). `text_encoder`: what encodes prompts
         outside the batch (an `encode(prompts) -> (embeds, mask)` object, e.g. the embedding cache's); None loads
         the backbone's own; False: none at all (batches must carry embeddings). `rank`, `fake_rank`, `lr`, `fake_lr` and `vsd` are shortcuts (scripts, tests) into
-        `generator`, `fake_score` and the default method's VSD config."""
+        `generator`, `fake_score` and the default method's VSD config. `cuda_graphs`: replay the compiled passes
+        as CUDA graphs (`wadi.speed.SpeedOptions.cuda_graphs`; GPU only, with compile true or all)."""
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold adapters only; the frozen base comes from disk
@@ -128,13 +130,18 @@ class WaDiModule(L.LightningModule):
         if self.vsd is not None:
             self.hparams["vsd"] = self.vsd.as_dict()
         # Refuses bad compile / gradient_checkpointing values now; applied to the denoiser below and at setup.
-        SpeedOptions(compile_passes, compile_backend, gradient_checkpointing=bool(gradient_checkpointing))
+        SpeedOptions(
+            compile_passes,
+            compile_backend,
+            gradient_checkpointing=bool(gradient_checkpointing),
+            cuda_graphs=cuda_graphs,
+        )
         if nonfinite not in NONFINITE_CHOICES:
             raise ValueError(
                 f"nonfinite must be stop (end the run with an error at the first NaN/inf loss or gradient) or "
                 f"skip (skip that optimizer step and count it), got {nonfinite!r}"
             )
-        self._skipped = 0  # optimizer steps skipped for a non-finite loss or gradient (nonfinite=skip)
+        self._guard = StepGuard(nonfinite)  # counts optimizer steps skipped for a non-finite gradient (skip)
         # A prebuilt Backbone (benchmarks, notebooks) skips loading; a config dict loads from disk. A given text
         # encoder (the embedding cache's) means the backbone's own is never loaded.
         self.backbone: Backbone = (
@@ -276,46 +283,40 @@ class WaDiModule(L.LightningModule):
         ]
         return {"loss": combine(outputs)}
 
-    def _optimize(self, optimizer, loss: Tensor, params: list, clip: float, role: str) -> tuple[Tensor, bool]:
-        """Backward, clip and step; (gradient norm, stepped). A non-finite loss or gradient never reaches the
-        optimizer: `nonfinite=stop` raises NonFiniteError, `skip` drops the step. The decision reads the norm
-        after the gradient all-reduce, so every rank takes the same one (costs one host sync per step)."""
+    @property
+    def _skipped(self) -> int:
+        """Optimizer steps skipped for a non-finite loss or gradient (nonfinite=skip); checkpointed."""
+        return self._guard.skipped
+
+    @_skipped.setter
+    def _skipped(self, value: int) -> None:
+        self._guard.skipped = value
+
+    def _optimize(
+        self, optimizer, loss: Tensor, params: list, clip: float, role: str
+    ) -> tuple[Tensor, bool | None]:
+        """Backward, clip and a guarded step; (gradient norm, stepped: None until `_guard.finish`). A non-finite
+        loss or gradient never reaches the optimizer (`wadi.distill.guards.StepGuard`: `nonfinite=stop` raises
+        NonFiniteError, `skip` drops the step; one host sync per training step with a fused optimizer). The
+        decision reads the norm after the gradient all-reduce, so every rank takes the same one."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         sync_gradients(params)
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        if not bool(torch.isfinite(norm)):
-            optimizer.zero_grad(set_to_none=True)
-            self._skipped += 1
-            if self.hparams.nonfinite == "stop":
-                raise NonFiniteError(
-                    f"step {self.global_step}: the {role} loss is {float(loss.detach()):.4g} and its gradient "
-                    f"norm {float(norm):.4g}; nonfinite=stop ended the run before the optimizer step, so the "
-                    "weights and every checkpoint are finite (resume from the last one with ckpt_path=last). "
-                    "Lower lr / guidance_scale, or pass nonfinite=skip to skip such steps and count them "
-                    "(train/nonfinite_skipped)."
-                )
-            return norm, False
-        optimizer.step()
-        if not all_finite(params):
-            raise NonFiniteError(
-                f"step {self.global_step}: the {role} adapter weights became non-finite in an optimizer step with "
-                f"a finite gradient (norm {float(norm):.4g}): the learning rate or optimizer settings overflow. "
-                "Nothing non-finite is saved; resume from the last checkpoint with a smaller lr."
-            )
-        return norm, True
+        self._guard.step(optimizer, loss, norm, params, role, self.global_step)
+        return norm, None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if self.denoiser.speed.cuda_graphs:  # a new step: the last step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         opt_g, opt_f = self.optimizers()
         rng = self._rng()
         cond = self.conditioning(batch)
         uncond = self.null_conditioning(batch)
         gen = self.generator_step(cond, uncond, rng, batch)
-        norm_g, stepped = self._optimize(
+        norm_g, _ = self._optimize(
             opt_g, gen["loss"], self.generator_parameters(), self.generator_config.grad_clip, GENERATOR
         )
-        if self.ema is not None and stepped:
-            self.ema.update()
         fake = norm_f = None  # a method without a fake score (fake_steps 0) logs no fake-score metrics
         for _ in range(self.method.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
             fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
@@ -327,11 +328,16 @@ class WaDiModule(L.LightningModule):
                     self.fake_score_config.grad_clip,
                     FAKE_SCORE,
                 )
+        stepped = self._guard.finish(self.global_step)  # the step's one host sync for the guards
+        if self.ema is not None and stepped.get(GENERATOR, False):
+            self.ema.update()  # after the fake steps: they leave the generator's weights as they are
         batch_size = len(cond)
         log = partial(self.log, on_step=True, batch_size=batch_size)
-        log("train/loss_generator", gen["loss"].detach(), prog_bar=True)
+        # Lightning reads progress-bar metrics back every step (a host sync each), with or without a bar shown.
+        bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        log("train/loss_generator", gen["loss"].detach(), prog_bar=bar)
         if fake is not None:
-            log("train/loss_fake_score", fake["loss"].detach(), prog_bar=True)
+            log("train/loss_fake_score", fake["loss"].detach(), prog_bar=bar)
         log("train/grad_norm_generator", norm_g)
         if norm_f is not None:
             log("train/grad_norm_fake_score", norm_f)
@@ -341,9 +347,10 @@ class WaDiModule(L.LightningModule):
         for key, value in gen.items():
             if key.startswith("loss_"):
                 log(f"train/{key}", value.detach())
-        log("train/nonfinite_skipped", float(self._skipped))
+        # Host numbers as CPU tensors: a float would be copied to the GPU, a blocking copy (a host sync) each.
+        log("train/nonfinite_skipped", torch.tensor(float(self._skipped)))
         if "pass" in batch:
-            log("train/prompt_epoch", float(batch["pass"]))
+            log("train/prompt_epoch", torch.tensor(float(batch["pass"])))
 
     def configure_optimizers(self):
         gen = self.optimizer_factory(self.generator_parameters(), lr=self.generator_config.lr)
@@ -367,9 +374,16 @@ class WaDiModule(L.LightningModule):
             self.cast_frozen(dtype)
         # After the cast: the graphs are traced in the base's dtype.
         wanted = self.hparams.compile_passes
-        if not wanted or self.denoiser.speed.compile in (wanted, "all"):
+        graphs = bool(self.hparams.get("cuda_graphs", False))
+        if graphs:  # setup runs before Lightning moves the module: the strategy knows the device
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            check_cuda_graphs_device(SpeedOptions(wanted, cuda_graphs=True), device)
+        speed = self.denoiser.speed
+        if not wanted or (speed.compile in (wanted, "all") and speed.cuda_graphs == graphs):
             return
-        self.denoiser.update_speed(compile=wanted, compile_backend=self.hparams.compile_backend)
+        self.denoiser.update_speed(
+            compile=wanted, compile_backend=self.hparams.compile_backend, cuda_graphs=graphs
+        )
         rank_zero_info(
             f"compile={str(self.hparams.compile_passes).lower()}: the first steps compile the VSD passes "
             "(on an H100: ~1.5 min for true, 5-6 min for all; experiments/bench/RESULTS.md)"

@@ -94,9 +94,16 @@ def _model_identity(path: Path) -> list | None:
 
 
 def default_out(cfg: DictConfig, eval_name: str) -> Path:
-    """outputs/eval/<eval name>/<model name>[-teacher<steps>-cfg<g>]."""
+    """outputs/eval/<eval name>/<model name>[-teacher<steps>-cfg<g>]; a merged export's model name is its run's."""
     model = Path(str(cfg.model))
     name = model.stem if model.suffix == ".ckpt" else model.name
+    if model.is_dir():  # a merged export: named after its training run, not `merged`
+        info = model / "wadi_export.json"
+        run = json.loads(info.read_text()).get("run") if info.is_file() else None
+        if run:
+            name = run
+        elif model.name == "merged" and model.parent.name == "export":  # <run>/export/merged
+            name = model.parent.parent.name
     if model.suffix == ".ckpt" and model.parent.name == "checkpoints":
         name = f"{model.parent.parent.name}-{name}"
     if cfg.get("teacher_steps"):

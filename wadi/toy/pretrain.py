@@ -13,16 +13,22 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import wadi.config  # noqa: F401  (registers resolvers)
-from wadi.toy.training import pretrain
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=str(wadi.config.CONF_DIR / "toy_pretrain"), config_name="config")
 def main(cfg: DictConfig) -> None:
+    from wadi.toy.training import pretrain  # imported here: `--help` answers without loading Lightning
+
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     pretrain(cfg)
 
 
 if __name__ == "__main__":
+    import sys
+
+    from wadi.cli_help import exit_if_help
+
+    exit_if_help(sys.argv[1:], "wadi.toy.pretrain", __doc__, "toy_pretrain/config.yaml")
     main()
