@@ -26,8 +26,10 @@ Taken from the official code (yandex-research/swd):
 Where wadi differs (on purpose): one block (the PDM block), not a list; the critic term has its own denoiser pass
 on the detached sample (the official reuses the features of the fake score's denoising pass), and the generator
 term its own draw of t and noise from DMD's window (the official reuses DMD's noised sample), so each term stays
-a separate entry of `method.losses`; the head's parameters form their own parameter group of the fake score's
-optimizer with lr `swd.gan_lr` (null: the fake score's lr). With `vsd.fake_steps` > 1 the critic trains in every
+a separate entry of `method.losses`; the real side is the teacher-sample latent area-downscaled to the sample's
+size (as PDM's); the head's parameters form their own parameter group of the fake score's optimizer with lr
+`swd.gan_lr` (default 1e-4, the official main.py default; null: the fake score's lr, which in wadi is LoRaD's 1e-2)
+and wadi's AdamW settings (weight decay 0; the official 1e-2). With `vsd.fake_steps` > 1 the critic trains in every
 fake-score step, as the official. Hand-written because no library ships this head; the math is `critic_loss` /
 `generator_gan_loss` / `head_widths`, tested against the formulas in tests/distill/test_gan.py.
 """

@@ -361,9 +361,8 @@ class WaDiModule(L.LightningModule):
         log("train/grad_norm_generator", norm_g)
         if norm_f is not None:
             log("train/grad_norm_fake_score", norm_f)
-        for key, value in (
-            fake or {}
-        ).items():  # several fake-score terms (SwD's GAN critic): each one's loss
+        # several fake-score terms (SwD's GAN critic): each one's loss and extras
+        for key, value in (fake or {}).items():
             if key != "loss":
                 log(f"train/fake_{key}", value.detach())
         if "g_norm" in gen:
