@@ -168,3 +168,7 @@ def test_bad_schedules_fail_before_loading(tmp_path, tiny_pixart_dir):
         validate_train_config(
             _cfg(tmp_path, backbone, tmp_path, "swd.scales=[4,8]", "swd.timesteps=[999,999]")
         )
+    with pytest.raises(ConfigError, match=r"swd.gan_layers=0: expected an integer >= 1"):
+        validate_train_config(_cfg(tmp_path, backbone, tmp_path, "swd.gan_weight=5e-3", "swd.gan_layers=0"))
+    with pytest.raises(ConfigError, match=r"swd.gan_weight=-0.1: expected a finite number >= 0"):
+        validate_train_config(_cfg(tmp_path, backbone, tmp_path, "swd.gan_weight=-0.1"))
