@@ -13,7 +13,12 @@ here, behind two small interfaces:
 Optional, additive parts of the seam (a student or term without them works as before):
 - `uses_batch = True` on a student or a term: the module passes `batch=` (the training batch, e.g. its real
   `latents`) and `step=` (the global step) as keywords to `generate` / `generator_loss` during training;
-- `enabled` False on a term (e.g. PDM at weight 0): the term is dropped when the method is built.
+- `fake_score_uses_batch = True` on a term: the same for its `fake_score_loss` (SwD's GAN critic: real latents);
+- `enabled` False on a term (e.g. PDM at weight 0): the term is dropped when the method is built;
+- `build_network(model)` on a term (SwD's GAN head, `wadi.distill.gan`): its own trainable network, built once the
+  backbone is loaded (`Method.build_networks`); the module registers it (checkpoints, device moves) and trains it
+  with the fake score (its own parameter group, lr `term.lr`, None: the fake score's);
+- `fake_score_weight` on a term: the weight of its fake-score loss when it differs from `weight` (the GAN critic).
 """
 
 from __future__ import annotations
@@ -116,6 +121,10 @@ class Method:
     def fake_steps(self) -> int:
         """Fake-score updates per generator update: the largest any term asks for (0 without a fake score)."""
         return max((int(getattr(t, "fake_steps", 1)) for _, t in self.fake_score_terms), default=0)
+
+    def build_networks(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The terms' own trainable networks for the loaded (adapted) denoiser `model`, by term name ({} if none)."""
+        return {k: t.build_network(model) for k, t in self.losses.items() if hasattr(t, "build_network")}
 
     @property
     def vsd(self):

@@ -160,6 +160,8 @@ class WaDiModule(L.LightningModule):
         gen, fake = cfg.targets(GENERATOR, gen_kind), cfg.targets(FAKE_SCORE, fake_kind)
         self.generator_layers = gen_kind.attach(model, GENERATOR, self.generator_config.rank, gen)
         self.fake_score_layers = fake_kind.attach(model, FAKE_SCORE, self.fake_score_config.rank, fake)
+        # Loss terms' own networks (SwD's GAN head), trained with the fake score; empty (no keys) for most methods.
+        self.term_networks = torch.nn.ModuleDict(self.method.build_networks(model))
         if gradient_checkpointing:
             self.denoiser.update_speed(gradient_checkpointing=True)
         self.ema = EMA(gen_kind.parameters(model, GENERATOR), ema_decay) if ema_decay else None
@@ -181,7 +183,9 @@ class WaDiModule(L.LightningModule):
         return self.adapters[GENERATOR].parameters(self.denoiser.model, GENERATOR)
 
     def fake_score_parameters(self) -> list[torch.nn.Parameter]:
-        return self.adapters[FAKE_SCORE].parameters(self.denoiser.model, FAKE_SCORE)
+        """The fake score's adapter, then the loss terms' networks (SwD's GAN head) trained with it."""
+        params = self.adapters[FAKE_SCORE].parameters(self.denoiser.model, FAKE_SCORE)
+        return params + [p for net in self.term_networks.values() for p in net.parameters()]
 
     def adapter_kinds(self) -> dict[str, str]:
         """Each role's adapter kind, as checkpoints and exports record it."""
@@ -274,14 +278,30 @@ class WaDiModule(L.LightningModule):
         return {"loss": loss, "x0": x0, **extras}
 
     def fake_score_step(
-        self, x0: Tensor, cond: Conditioning, uncond: Conditioning, rng: torch.Generator
+        self,
+        x0: Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
+        rng: torch.Generator,
+        batch: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
-        """Spec 3, fake score: each loss term's fake-score loss on the detached generator sample, summed."""
-        outputs = [
-            (term.weight, term.fake_score_loss(self, x0, cond, uncond, rng))
-            for _, term in self.method.fake_score_terms
-        ]
-        return {"loss": combine(outputs)}
+        """Spec 3, fake score: each loss term's fake-score loss on the detached generator sample, summed (weight
+        `fake_score_weight` where a term has one; one with `fake_score_uses_batch` also gets the batch and the step)."""
+        seen = {"batch": batch, "step": self.global_step}
+        outputs = {
+            name: term.fake_score_loss(
+                self, x0, cond, uncond, rng, **(seen if getattr(term, "fake_score_uses_batch", False) else {})
+            )
+            for name, term in self.method.fake_score_terms
+        }
+        terms = self.method.losses
+        loss = combine(
+            [(getattr(terms[n], "fake_score_weight", terms[n].weight), o) for n, o in outputs.items()]
+        )
+        if len(outputs) == 1:
+            return {"loss": loss}
+        extras = {k: v for out in outputs.values() for k, v in out.items() if k != "loss"}
+        return {"loss": loss, **extras, **{f"loss_{name}": out["loss"] for name, out in outputs.items()}}
 
     @property
     def _skipped(self) -> int:
@@ -319,7 +339,7 @@ class WaDiModule(L.LightningModule):
         )
         fake = norm_f = None  # a method without a fake score (fake_steps 0) logs no fake-score metrics
         for _ in range(self.method.fake_steps):  # DMD2's two time-scale rule: several fake updates per step
-            fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng)
+            fake = self.fake_score_step(gen["x0"].detach(), cond, uncond, rng, batch)
             with _uncounted(opt_f):
                 norm_f, _ = self._optimize(
                     opt_f,
@@ -341,6 +361,10 @@ class WaDiModule(L.LightningModule):
         log("train/grad_norm_generator", norm_g)
         if norm_f is not None:
             log("train/grad_norm_fake_score", norm_f)
+        # several fake-score terms (SwD's GAN critic): each one's loss and extras
+        for key, value in (fake or {}).items():
+            if key != "loss":
+                log(f"train/fake_{key}", value.detach())
         if "g_norm" in gen:
             log("train/vsd_g_rms", gen["g_norm"].detach())
             log("train/vsd_g_nonfinite", gen["g_nonfinite"].float())
@@ -354,7 +378,15 @@ class WaDiModule(L.LightningModule):
 
     def configure_optimizers(self):
         gen = self.optimizer_factory(self.generator_parameters(), lr=self.generator_config.lr)
-        fake = self.optimizer_factory(self.fake_score_parameters(), lr=self.fake_score_config.lr)
+        lr = self.fake_score_config.lr
+        params = self.adapters[FAKE_SCORE].parameters(self.denoiser.model, FAKE_SCORE)
+        if len(self.term_networks):  # the terms' networks: a parameter group each, at the term's lr
+            lrs = {name: getattr(self.method.losses[name], "lr", None) for name in self.term_networks}
+            params = [{"params": params}] + [
+                {"params": list(net.parameters()), "lr": lrs[name] or lr}
+                for name, net in self.term_networks.items()
+            ]
+        fake = self.optimizer_factory(params, lr=lr)
         return [gen, fake]
 
     # ----------------------------------------------------------------- precision of the frozen base
@@ -419,7 +451,8 @@ class WaDiModule(L.LightningModule):
     # ----------------------------------------------------------------- checkpoints
     def adapter_keys(self) -> set[str]:
         kinds = {a.name: a for a in self.adapters.values()}.values()
-        return {k for k in self.state_dict() if k.startswith("ema.") or any(a.is_state_key(k) for a in kinds)}
+        own = ("ema.", "term_networks.")  # EMA and the loss terms' networks (SwD's GAN head)
+        return {k for k in self.state_dict() if k.startswith(own) or any(a.is_state_key(k) for a in kinds)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep adapters, EMA and what resume needs; the frozen base is reloaded from disk."""

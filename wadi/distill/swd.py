@@ -367,28 +367,3 @@ class ScaleWiseDMD(VSDLoss):
 
     def __repr__(self) -> str:
         return f"ScaleWiseDMD({self.config}, cap={self.cap})"
-
-
-class GANHead:
-    """SwD's optional GAN head on the PDM features (`swd.gan_weight`, official 5e-3): not implemented in wadi; only
-    weight 0 is accepted (the term is then dropped)."""
-
-    enabled = False
-
-    def __init__(self, weight: float = 0.0) -> None:
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not math.isfinite(weight)
-            or weight < 0
-        ):
-            raise ConfigError(f"swd.gan_weight={weight!r}: expected a finite number >= 0")
-        if weight > 0:
-            raise ConfigError(
-                f"swd.gan_weight={weight}: the GAN head of SwD (a classifier on the fake score's block features, "
-                "several critic updates per generator step) is not implemented in wadi yet; set swd.gan_weight=0"
-            )
-        self.weight = float(weight)
-
-    def generator_loss(self, *args, **kwargs):  # never called: the term is dropped (enabled is False)
-        raise RuntimeError("GANHead is a placeholder")
