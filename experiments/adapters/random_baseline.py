@@ -6,19 +6,21 @@ component of d along w, |d . w| / |w|^2, about 1/sqrt(n) of it: an isotropic Gau
 angle / norm change = sqrt((n - 1) / n) / sqrt(2 / (pi n)), about sqrt(pi n / 2) (10x at n = 64, 28x at n = 512). So
 a ratio is evidence that training prefers directions only when it exceeds this baseline for the same layer widths.
 
-    python experiments/adapters/random_baseline.py     # CPU, ~20 s
+    python experiments/adapters/random_baseline.py                 # CPU, ~20 s
+    python experiments/adapters/random_baseline.py toy-pixart      # the other toy teacher, no full-size part
 
-Prints, for the shipped toy-sd teacher (wadi/assets/toy/toy-sd): the ratio and SVD energy of (a) an isotropic
+Prints, for a shipped toy teacher (wadi/assets/toy/<asset>, default toy-sd): the ratio and SVD energy of (a) an isotropic
 Gaussian perturbation of 2% of each row's norm, (b) elementwise relative noise of 2%, (c) bf16 rounding of the
 float16 weights (what a bf16 base adds to every GPU student), through the same functions as the analysis
 (wadi.analysis.weights.layer_change / summarize); then the isotropic formula over every nn.Linear of the full-size
-SD1.5 / SD2.1 U-Nets and PixArt-alpha 512 transformer built on the meta device (no weights).
+SD1.5 / SD2.1 U-Nets and PixArt-alpha 512 transformer built on the meta device (no weights; toy-sd run only).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -39,8 +41,9 @@ def main() -> None:
     from wadi.analysis.weights import layer_change, summarize
     from wadi.toy.assets import toy_asset_path
 
+    asset = sys.argv[1] if len(sys.argv) > 1 else "toy-sd"
     torch.manual_seed(0)
-    teacher = DenoiserWeights(toy_asset_path("toy-sd"))
+    teacher = DenoiserWeights(toy_asset_path(asset))
     kinds = {
         "isotropic 2% per row": lambda w: (
             w + (d := torch.randn_like(w)) / d.norm(dim=1, keepdim=True) * w.norm(dim=1, keepdim=True) * 0.02
@@ -59,11 +62,13 @@ def main() -> None:
         overall = summarize(rows)["overall"]
         blocks = {b: round(v["direction_norm_ratio"], 1) for b, v in summarize(rows)["blocks"].items()}
         print(
-            f"toy-sd, {label}: direction/norm {overall['direction_norm_ratio']:.1f}x, "
+            f"{asset}, {label}: direction/norm {overall['direction_norm_ratio']:.1f}x, "
             f"angle {overall['angle']['mean']:.3g} rad, norm change {overall['norm_change']['mean']:.3g}, "
             f"SVD energy in 30% of rank {overall['energy']['0.3']:.1%}; per block {blocks}"
         )
-    print(f"toy-sd ({len(widths)} Linear layers), isotropic formula: {isotropic_ratio(widths):.1f}x")
+    print(f"{asset} ({len(widths)} Linear layers), isotropic formula: {isotropic_ratio(widths):.1f}x")
+    if asset != "toy-sd":
+        return
 
     from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
